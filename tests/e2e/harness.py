@@ -1,0 +1,791 @@
+"""Real-container end-to-end harness for ec2metaproxy.
+
+Shared by the pytest suite (tests/e2e/test_*.py) and the demo (scripts/demo.py).
+
+One `Run` owns everything it creates, all named `ec2mp-e2e-<runid>-...` and
+labelled `ec2metaproxy.e2e-run=<runid>`:
+  * a user-defined Docker bridge network on a subnet checked to be free,
+  * a `FROM scratch` test image holding a static `pause` binary built here,
+  * containers of that image,
+  * moto (STS/IAM) and a fake upstream IMDS, both bound to the network's gateway IP,
+  * the proxy itself, listening on the gateway IP,
+  * iptables DNAT rules inside container network namespaces, tagged with the
+    comment `ec2mp-e2e-<runid>`,
+  * a temp directory.
+`Run.close()` removes all of it; it is called from pytest finalizers, atexit and
+SIGTERM/SIGHUP/SIGINT handlers, and is idempotent. Nothing that this run did
+not create is ever touched.
+
+Clients run on the host, inside a container's network namespace
+(`nsenter -t <pid> -n`), so the proxy sees the container's own source IP, and
+reach the proxy through the real metadata address 169.254.169.254:80 (DNAT in
+that namespace), exactly as a program in the container would.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import ipaddress
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+PAUSE_SRC = HERE / "images" / "pause"
+NETNS_HTTP = HERE / "netns_http.py"
+
+RUN_LABEL = "ec2metaproxy.e2e-run"
+ALIAS_LABEL = "ec2metaproxy.RoleAlias"
+POLICY_LABEL = "ec2metaproxy.Policy"
+ACCOUNT = "123456789012"  # moto's default account
+IMDS_IP = "169.254.169.254"
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+CREDS_PATH = "/latest/meta-data/iam/security-credentials/"
+CREDS_EXT_PATH = "/latest/meta-data/iam/security-credentials-extended/"
+ASSUMED_ROLE_RE = re.compile(
+    r"^arn:aws:sts::(?P<account>\d{12}):assumed-role/(?P<role>[^/]+)/(?P<session>.+)$"
+)
+
+
+def log(msg: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: have the kernel SIGTERM the child if the harness dies (even SIGKILL)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except Exception:  # pragma: no cover - best effort
+        pass
+
+
+def sh(args: list[str], *, check: bool = True, timeout: float = 60, env=None,
+       input: str | None = None) -> subprocess.CompletedProcess:
+    """Run a command, capture text output; raise with its output on failure."""
+    try:
+        cp = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                            env=env, input=input)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"timed out after {timeout}s: {' '.join(args)}\n"
+                           f"stdout: {e.stdout}\nstderr: {e.stderr}") from None
+    if check and cp.returncode != 0:
+        raise RuntimeError(f"command failed (rc={cp.returncode}): {' '.join(args)}\n"
+                           f"stdout: {cp.stdout}\nstderr: {cp.stderr}")
+    return cp
+
+
+def free_port(ip: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def wait_tcp(ip: str, port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            return False
+        try:
+            with socket.create_connection((ip, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def target_dir() -> Path:
+    return Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+
+
+def proxy_bin() -> Path:
+    return Path(os.environ.get("EC2METAPROXY_BIN", target_dir() / "debug" / "ec2metaproxy"))
+
+
+def imds_client_bin() -> Path:
+    return Path(os.environ.get("EC2METAPROXY_IMDS_CLIENT_BIN",
+                               target_dir() / "debug" / "examples" / "imds_client"))
+
+
+def venv_bin(name: str) -> str:
+    """A console script next to the running interpreter (the venv's), else from PATH."""
+    cand = Path(sys.executable).parent / name
+    return str(cand) if cand.exists() else (shutil.which(name) or name)
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass
+class HttpResult:
+    """One raw HTTP exchange made from inside a container's network namespace."""
+    method: str
+    url: str
+    req_headers: dict
+    status: int | None = None
+    headers: list = field(default_factory=list)
+    body: str = ""
+    error: str | None = None
+    ms: float = 0.0
+    sent_at: float = 0.0
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+    def describe(self) -> str:
+        hdrs = "\n".join(f"    {k}: {v}" for k, v in self.headers)
+        return (f"  request: {self.method} {self.url} headers={self.req_headers}\n"
+                f"  status: {self.status} error: {self.error} ({self.ms:.0f} ms)\n"
+                f"  response headers:\n{hdrs}\n  body: {redact(self.body)!r}")
+
+
+@dataclass
+class ClientResult:
+    """An SDK/CLI client run inside a container's network namespace."""
+    name: str
+    argv: list
+    rc: int
+    stdout: str
+    stderr: str
+    arn: str | None = None
+    access_key_id: str | None = None
+    expiration: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and bool(self.arn)
+
+    def role(self) -> str | None:
+        m = ASSUMED_ROLE_RE.match(self.arn or "")
+        return m.group("role") if m else None
+
+    def session(self) -> str | None:
+        m = ASSUMED_ROLE_RE.match(self.arn or "")
+        return m.group("session") if m else None
+
+    def describe(self) -> str:
+        return (f"  client: {self.name}: {' '.join(self.argv)}\n  rc: {self.rc}\n"
+                f"  stdout: {redact(self.stdout)[-3000:]}\n  stderr: {redact(self.stderr)[-3000:]}")
+
+
+_SECRET_KEYS_RE = re.compile(r'("(?:SecretAccessKey|Token|secret_access_key|token)"\s*:\s*")([^"]*)(")')
+
+
+def redact(text: str) -> str:
+    """Hide secret values in text shown to people (failure messages, the demo)."""
+    return _SECRET_KEYS_RE.sub(lambda m: m.group(1) + "<redacted>" + m.group(3), text or "")
+
+
+# ---------------------------------------------------------------- pieces
+
+@dataclass
+class Network:
+    name: str
+    id: str
+    subnet: ipaddress.IPv4Network
+    gateway: str
+
+
+@dataclass
+class Container:
+    name: str      # docker name, e.g. ec2mp-e2e-<runid>-web
+    short: str     # the test's own name for it, e.g. web
+    id: str
+    ip: str
+    pid: int
+    labels: dict
+    redirected: bool = False
+
+
+class Moto:
+    def __init__(self, run: "Run", ip: str):
+        self.ip = ip
+        self.port = free_port(ip)
+        self.url = f"http://{ip}:{self.port}"
+        self.log_path = run.tmp / "moto.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [venv_bin("moto_server"), "-H", ip, "-p", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent)
+        run.cleanup.push(self.stop, "stop moto")
+        if not wait_tcp(ip, self.port, 60, lambda: self.proc.poll() is None):
+            raise RuntimeError(f"moto_server did not start on {self.url}:\n"
+                               + self.log_path.read_text(errors="replace")[-3000:])
+
+    def client(self, service: str):
+        import boto3
+        return boto3.client(service, endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def create_role(self, name: str) -> str:
+        trust = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+            "Action": "sts:AssumeRole"}]}
+        iam = self.client("iam")
+        arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust),
+                              MaxSessionDuration=3600)["Role"]["Arn"]
+        iam.put_role_policy(RoleName=name, PolicyName="e2e-whoami", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "sts:GetCallerIdentity", "Resource": "*"}]}))
+        return arn
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+class FakeUpstream:
+    """A tiny stand-in for the host's real IMDS (the proxy's `metadataURL`).
+
+    `routes` maps exact request paths to bodies. It answers the token PUT too.
+    Every request it receives is recorded in `seen` as (method, path)."""
+
+    def __init__(self, run: "Run", ip: str, routes: dict[str, str]):
+        self.routes = dict(routes)
+        self.seen: list[tuple[str, str]] = []
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # quiet
+                pass
+
+            def _send(self, status: int, body: str, extra: dict | None = None):
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def do_PUT(self):
+                upstream.seen.append(("PUT", self.path))
+                n = int(self.headers.get("Content-Length") or 0)
+                if n:
+                    self.rfile.read(n)
+                if self.path == "/latest/api/token":
+                    ttl = self.headers.get(TTL_HEADER, "21600")
+                    self._send(200, "fake-upstream-token", {TTL_HEADER: ttl})
+                else:
+                    self._send(403, "")
+
+            def do_GET(self):
+                upstream.seen.append(("GET", self.path))
+                if self.path in upstream.routes:
+                    self._send(200, upstream.routes[self.path])
+                else:
+                    self._send(404, "")
+
+            do_HEAD = do_GET
+
+        self.port = free_port(ip)
+        self.url = f"http://{ip}:{self.port}"
+        self.server = ThreadingHTTPServer((ip, self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        run.cleanup.push(self.stop, "stop fake upstream IMDS")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Proxy:
+    """The ec2metaproxy daemon under test, on the host, listening on the gateway IP."""
+
+    def __init__(self, run: "Run", listen_ip: str, config: dict, env: dict):
+        self.run = run
+        self.ip = listen_ip
+        self.port = free_port(listen_ip)
+        self.config = dict(config, listen=f"{listen_ip}:{self.port}")
+        self.config_path = run.tmp / "proxy.json"
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        self.log_path = run.tmp / "proxy.log"
+        self._log = open(self.log_path, "ab")
+        self.argv = [str(proxy_bin()), "-c", str(self.config_path)]
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env,
+                                     preexec_fn=_die_with_parent)
+        run.cleanup.push(self.stop, "stop proxy")
+        if not wait_tcp(listen_ip, self.port, 30, lambda: self.proc.poll() is None):
+            raise RuntimeError(
+                f"proxy did not start listening on {listen_ip}:{self.port} "
+                f"(exit code {self.proc.poll()}); argv={self.argv}\nconfig={json.dumps(self.config)}\n"
+                f"log tail:\n{self.tail()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+class Cleanup:
+    """A LIFO stack of undo actions, run once, from any thread or signal handler."""
+
+    def __init__(self):
+        self._stack: list[tuple[Callable[[], None], str]] = []
+        self._lock = threading.RLock()
+
+    def push(self, fn: Callable[[], None], what: str) -> None:
+        with self._lock:
+            self._stack.append((fn, what))
+
+    def run_all(self) -> list[str]:
+        errors = []
+        while True:
+            with self._lock:
+                if not self._stack:
+                    break
+                fn, what = self._stack.pop()
+            try:
+                fn()
+            except Exception as e:  # keep going: undo as much as possible
+                errors.append(f"{what}: {e}")
+        return errors
+
+
+# ---------------------------------------------------------------- the run
+
+class Run:
+    def __init__(self, kind: str = "e2e", handle_signals: bool = True):
+        self.runid = time.strftime("%H%M%S") + "%04x" % random.randrange(0x10000)
+        self.prefix = f"ec2mp-{kind}-{self.runid}"
+        self.comment = self.prefix  # iptables comment
+        self.cleanup = Cleanup()
+        self.closed = False
+        self.keep_tmp = False
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        self.cleanup.push(self._remove_tmp, "remove temp dir")
+        self.image = f"{self.prefix}-pause:latest"
+        self.network: Network | None = None
+        self.moto: Moto | None = None
+        self.upstream: FakeUpstream | None = None
+        self.proxy: Proxy | None = None
+        self.containers: dict[str, Container] = {}
+        self.seen_secrets: set[str] = set()
+        self._client_home: Path | None = None
+        atexit.register(self.close)
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, self._on_signal)
+        log(f"run {self.runid}: prefix {self.prefix}, temp dir {self.tmp}")
+
+    # -- lifecycle
+
+    def _on_signal(self, signum, _frame):
+        log(f"signal {signum}: cleaning up run {self.runid}")
+        self.close()
+        os._exit(128 + signum)
+
+    def _remove_tmp(self) -> None:
+        if self.keep_tmp:
+            log(f"keeping {self.tmp} (proxy log: {self.tmp / 'proxy.log'})")
+            return
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        errors = self.cleanup.run_all()
+        # Belt and braces: anything still carrying this run's label.
+        errors += self._sweep_own()
+        for e in errors:
+            log(f"cleanup error: {e}")
+        log(f"run {self.runid}: cleaned up")
+
+    def _sweep_own(self) -> list[str]:
+        errors = []
+        flt = f"label={RUN_LABEL}={self.runid}"
+        try:
+            ids = sh(["docker", "ps", "-aq", "--filter", flt]).stdout.split()
+            if ids:
+                sh(["docker", "rm", "-f", *ids], check=False)
+            nets = sh(["docker", "network", "ls", "-q", "--filter", flt]).stdout.split()
+            for n in nets:
+                sh(["docker", "network", "rm", n], check=False)
+            imgs = sh(["docker", "images", "-q", "--filter", flt]).stdout.split()
+            for i in set(imgs):
+                sh(["docker", "rmi", "-f", i], check=False)
+        except Exception as e:
+            errors.append(f"sweep: {e}")
+        return errors
+
+    # -- image
+
+    def build_image(self) -> str:
+        ctx = self.tmp / "image"
+        ctx.mkdir()
+        shutil.copy(PAUSE_SRC / "Dockerfile", ctx / "Dockerfile")
+        sh(["gcc", "-static", "-O2", "-o", str(ctx / "pause"), str(PAUSE_SRC / "pause.c")])
+        self.cleanup.push(lambda: sh(["docker", "rmi", "-f", self.image], check=False),
+                          "remove image")
+        env = dict(os.environ, DOCKER_BUILDKIT="0")
+        sh(["docker", "build", "-q", "-t", self.image, "--label", f"{RUN_LABEL}={self.runid}",
+            str(ctx)], env=env, timeout=120)
+        return self.image
+
+    # -- network
+
+    @staticmethod
+    def _used_subnets() -> list[ipaddress.IPv4Network]:
+        used = []
+        ids = sh(["docker", "network", "ls", "-q"]).stdout.split()
+        if ids:
+            out = sh(["docker", "network", "inspect", "--format",
+                      "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *ids]).stdout
+            for tok in out.split():
+                try:
+                    net = ipaddress.ip_network(tok, strict=False)
+                    if net.version == 4:
+                        used.append(net)
+                except ValueError:
+                    pass
+        for cmd in (["ip", "-4", "route", "show", "table", "all"], ["ip", "-4", "-o", "addr"]):
+            out = sh(cmd, check=False).stdout
+            for tok in re.findall(r"\b(\d+\.\d+\.\d+\.\d+(?:/\d+)?)\b", out):
+                try:
+                    used.append(ipaddress.ip_network(tok, strict=False))
+                except ValueError:
+                    pass
+        return used
+
+    def create_network(self) -> Network:
+        name = f"{self.prefix}-net"
+        last_err = ""
+        for _attempt in range(20):
+            used = self._used_subnets()
+            subnet = ipaddress.ip_network(
+                f"10.{random.randrange(160, 250)}.{random.randrange(0, 256)}.0/24")
+            if any(subnet.overlaps(u) for u in used):
+                continue
+            gateway = str(subnet.network_address + 1)
+            cp = sh(["docker", "network", "create", "--driver", "bridge",
+                     "--subnet", str(subnet), "--gateway", gateway,
+                     "--label", f"{RUN_LABEL}={self.runid}", name], check=False)
+            if cp.returncode == 0:
+                self.network = Network(name, cp.stdout.strip(), subnet, gateway)
+                self.cleanup.push(lambda: sh(["docker", "network", "rm", name], check=False),
+                                  "remove network")
+                log(f"network {name} {subnet} gateway {gateway}")
+                return self.network
+            last_err = cp.stderr  # e.g. a concurrent run took the pool: try another
+        raise RuntimeError(f"could not create a test network: {last_err}")
+
+    # -- services
+
+    def start_moto(self) -> Moto:
+        self.moto = Moto(self, self.network.gateway)
+        log(f"moto at {self.moto.url}")
+        return self.moto
+
+    def start_upstream(self, routes: dict[str, str]) -> FakeUpstream:
+        self.upstream = FakeUpstream(self, self.network.gateway, routes)
+        log(f"fake upstream IMDS at {self.upstream.url}")
+        return self.upstream
+
+    def proxy_env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update({
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_STS": self.moto.url,
+            "AWS_ENDPOINT_URL_IAM": self.moto.url,
+            "AWS_EC2_METADATA_DISABLED": "true",  # the proxy's own creds come from env only
+            "AWS_CONFIG_FILE": str(self._empty_file("proxy-aws-config")),
+            "AWS_SHARED_CREDENTIALS_FILE": str(self._empty_file("proxy-aws-credentials")),
+        })
+        return env
+
+    def start_proxy(self, alias_to_arn: dict[str, str], default_alias: str,
+                    **extra) -> Proxy:
+        state = self.tmp / "state"
+        state.mkdir(mode=0o700, exist_ok=True)
+        config = {
+            "aliasToARN": alias_to_arn,
+            "defaultAlias": default_alias,
+            "dockerHost": "unix:///var/run/docker.sock",
+            "verbose": True,
+            "metadataURL": self.upstream.url if self.upstream else None,
+            "stateDir": str(state),
+        }
+        config.update(extra)
+        self.proxy = Proxy(self, self.network.gateway, config, self.proxy_env())
+        log(f"proxy at {self.proxy.ip}:{self.proxy.port} (pid {self.proxy.proc.pid})")
+        return self.proxy
+
+    # -- containers
+
+    def run_container(self, short: str, alias: str | None = None, policy: str | None = None,
+                      ip: str | None = None, labels: dict | None = None,
+                      redirect: bool = True, start: bool = True) -> Container:
+        name = f"{self.prefix}-{short}"
+        all_labels = {RUN_LABEL: self.runid}
+        if alias is not None:
+            all_labels[ALIAS_LABEL] = alias
+        if policy is not None:
+            all_labels[POLICY_LABEL] = policy
+        all_labels.update(labels or {})
+        args = ["docker", "create", "--name", name, "--network", self.network.name]
+        if ip:
+            args += ["--ip", ip]
+        for k, v in all_labels.items():
+            args += ["--label", f"{k}={v}"]
+        cid = sh(args + [self.image]).stdout.strip()
+        c = Container(name, short, cid, ip or "", 0, all_labels)
+        self.containers[name] = c
+        if start:
+            self.start_container(c, redirect=redirect)
+        return c
+
+    def start_container(self, c: Container, redirect: bool = True) -> Container:
+        sh(["docker", "start", c.id])
+        self.refresh(c)
+        if redirect:
+            self.redirect_imds(c)
+        return c
+
+    def refresh(self, c: Container) -> Container:
+        out = sh(["docker", "inspect", "--format",
+                  "{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                  c.id]).stdout.split()
+        c.pid = int(out[0])
+        c.ip = out[1] if len(out) > 1 else ""
+        return c
+
+    def redirect_imds(self, c: Container) -> None:
+        """DNAT 169.254.169.254:80 to the proxy inside the container's netns only."""
+        sh(["nsenter", "-t", str(c.pid), "-n", "--", "iptables", "-w", "5", "-t", "nat",
+            "-A", "OUTPUT", "-d", f"{IMDS_IP}/32", "-p", "tcp", "--dport", "80",
+            "-m", "comment", "--comment", self.comment,
+            "-j", "DNAT", "--to-destination", f"{self.proxy.ip}:{self.proxy.port}"])
+        c.redirected = True
+
+    def _unredirect(self, c: Container) -> None:
+        if not c.redirected or not c.pid:
+            return
+        cp = sh(["nsenter", "-t", str(c.pid), "-n", "--", "iptables", "-w", "5", "-t", "nat",
+                 "-S", "OUTPUT"], check=False)
+        for line in cp.stdout.splitlines():
+            if line.startswith("-A ") and self.comment in line:
+                rule = line.split()[1:]
+                sh(["nsenter", "-t", str(c.pid), "-n", "--", "iptables", "-w", "5", "-t", "nat",
+                    "-D", *[a.strip('"') for a in rule]], check=False)
+        c.redirected = False
+
+    def remove_container(self, c: Container) -> None:
+        try:
+            self._unredirect(c)
+        finally:
+            sh(["docker", "rm", "-f", c.id], check=False)
+            self.containers.pop(c.name, None)
+
+    def remove_all_containers(self) -> None:
+        for c in list(self.containers.values()):
+            self.remove_container(c)
+
+    # -- clients (each runs inside the container's network namespace)
+
+    def _empty_file(self, name: str) -> Path:
+        p = self.tmp / name
+        if not p.exists():
+            p.write_text("")
+        return p
+
+    def client_env(self) -> dict:
+        if self._client_home is None:
+            self._client_home = self.tmp / "client-home"
+            self._client_home.mkdir()
+        return {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME": str(self._client_home),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "AWS_CONFIG_FILE": str(self._empty_file("client-aws-config")),
+            "AWS_SHARED_CREDENTIALS_FILE": str(self._empty_file("client-aws-credentials")),
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_STS": self.moto.url,
+            "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "2",
+            "AWS_METADATA_SERVICE_TIMEOUT": "2",
+        }
+
+    def in_netns(self, c: Container, argv: list[str], timeout: float = 60,
+                 env: dict | None = None) -> subprocess.CompletedProcess:
+        full = ["nsenter", "-t", str(c.pid), "-n", "--", *argv]
+        try:
+            return subprocess.run(full, capture_output=True, text=True, timeout=timeout,
+                                  env=env if env is not None else self.client_env(),
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            return subprocess.CompletedProcess(full, 124, e.stdout or "",
+                                               (e.stderr or "") + f"\n[timed out after {timeout}s]")
+
+    def http(self, c: Container, requests: list[dict], timeout: float = 5) -> list[HttpResult]:
+        """Raw HTTP from inside `c`'s netns, one connection per request. Each request is a
+        dict: method, path, headers, and optionally host/port (default: the real metadata
+        address, port 80, which the netns DNATs to the proxy)."""
+        reqs = [dict({"host": IMDS_IP, "port": 80, "headers": {}, "timeout": timeout}, **r)
+                for r in requests]
+        env = dict(self.client_env(), E2E_HTTP_REQUESTS=json.dumps(reqs))
+        cp = self.in_netns(c, [sys.executable, str(NETNS_HTTP)],
+                           timeout=timeout * 2 * len(reqs) + 10, env=env)
+        if cp.returncode != 0:
+            raise RuntimeError(f"netns_http failed rc={cp.returncode}: {cp.stderr}")
+        results = []
+        for r, out in zip(reqs, json.loads(cp.stdout)):
+            url = f"http://{r['host']}:{r['port']}{r['path']}"
+            hr = HttpResult(r["method"], url, r["headers"], out.get("status"),
+                            out.get("headers", []), out.get("body", ""), out.get("error"),
+                            out.get("ms", 0.0), out.get("sent_at", 0.0))
+            self._collect_secrets_from_body(hr.body)
+            results.append(hr)
+        return results
+
+    def request(self, c: Container, method: str, path: str, headers: dict | None = None,
+                **kw) -> HttpResult:
+        return self.http(c, [dict(method=method, path=path, headers=headers or {}, **kw)])[0]
+
+    def _collect_secrets_from_body(self, body: str) -> None:
+        try:
+            doc = json.loads(body)
+        except (ValueError, TypeError):
+            return
+        if isinstance(doc, dict):
+            for k in ("SecretAccessKey", "Token"):
+                if isinstance(doc.get(k), str) and doc[k]:
+                    self.seen_secrets.add(doc[k])
+
+    def aws_cli(self, c: Container, timeout: float = 60) -> ClientResult:
+        argv = [venv_bin("aws"), "sts", "get-caller-identity", "--output", "json"]
+        cp = self.in_netns(c, argv, timeout=timeout)
+        res = ClientResult("aws-cli", argv, cp.returncode, cp.stdout, cp.stderr)
+        if cp.returncode == 0:
+            try:
+                res.arn = json.loads(cp.stdout).get("Arn")
+            except ValueError:
+                pass
+        return res
+
+    BOTO3_SCRIPT = r"""
+import json, sys, boto3
+s = boto3.Session()
+c = s.get_credentials()
+if c is None:
+    print(json.dumps({"error": "NoCredentials"})); sys.exit(3)
+f = c.get_frozen_credentials()
+arn = s.client("sts").get_caller_identity()["Arn"]
+exp = getattr(c, "_expiry_time", None)
+print(json.dumps({"arn": arn, "access_key_id": f.access_key, "secret_access_key": f.secret_key,
+                  "token": f.token, "expiration": exp.isoformat() if exp else None,
+                  "method": c.method}))
+"""
+
+    def boto3(self, c: Container, timeout: float = 60) -> ClientResult:
+        argv = [sys.executable, "-c", self.BOTO3_SCRIPT]
+        cp = self.in_netns(c, argv, timeout=timeout)
+        stdout = cp.stdout
+        res = ClientResult("boto3", [sys.executable, "-c", "<boto3 get_caller_identity>"],
+                           cp.returncode, stdout, cp.stderr)
+        if cp.returncode == 0:
+            try:
+                doc = json.loads(stdout)
+                for k in ("secret_access_key", "token"):
+                    if doc.get(k):
+                        self.seen_secrets.add(doc[k])
+                        doc[k] = "<redacted>"
+                res.stdout = json.dumps(doc)
+                res.arn = doc.get("arn")
+                res.access_key_id = doc.get("access_key_id")
+                res.expiration = doc.get("expiration")
+            except ValueError:
+                pass
+        return res
+
+    def rust_client(self, c: Container, imds_only: bool = False, timeout: float = 60) -> ClientResult:
+        argv = [str(imds_client_bin())] + (["--imds"] if imds_only else [])
+        cp = self.in_netns(c, argv, timeout=timeout)
+        res = ClientResult("imds_client", argv, cp.returncode, cp.stdout, cp.stderr)
+        kv = dict(line.split("=", 1) for line in cp.stdout.splitlines() if "=" in line)
+        res.arn = kv.get("arn") or None
+        res.access_key_id = kv.get("access_key_id")
+        res.expiration = kv.get("expiration")
+        return res
+
+    # -- diagnostics
+
+    def context(self, *items) -> str:
+        """Text for an assertion message: the exchanges and the proxy log tail."""
+        parts = []
+        for it in items:
+            if hasattr(it, "describe"):
+                parts.append(it.describe())
+            else:
+                parts.append(str(it))
+        if self.proxy:
+            parts.append(f"proxy alive: {self.proxy.alive()}; proxy log tail:\n"
+                         + redact(self.proxy.tail(40)))
+        return "\n" + "\n".join(parts)
+
+
+def assumed_role(arn: str | None) -> tuple[str, str] | None:
+    """(role name, session name) of an assumed-role ARN, or None."""
+    m = ASSUMED_ROLE_RE.match(arn or "")
+    return (m.group("role"), m.group("session")) if m else None
