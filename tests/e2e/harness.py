@@ -360,6 +360,16 @@ class Proxy:
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-n:])
 
+    def wait_log(self, needle: str, timeout: float = 3.0) -> bool:
+        """True once `needle` is in the log (lines may be written just after the response)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if needle in self.log_text():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 

@@ -1,0 +1,76 @@
+"""The container index under churn: IP reuse and brand-new containers."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import E2E
+from harness import CREDS_PATH, sh
+
+
+def test_reused_ip_gets_the_new_containers_role_never_the_old_ones(e2e, make_container):
+    """IP reuse (the bug of lyft, kiam and kube2iam): container A (alias a) holds a
+    fixed IP, is removed, and container B (alias b) starts on the same IP. Every
+    answer B ever gets is b's role or a refusal, never a's; and B does get b's."""
+    run = e2e.run
+    ip = str(run.network.subnet.network_address + 200)
+    role_a, role_b = e2e.role_of["a"], e2e.role_of["b"]
+
+    ca = make_container("reuse-a", alias="a", ip=ip)
+    assert ca.ip == ip
+    first = run.request(ca, "GET", CREDS_PATH)
+    assert first.status == 200 and first.body == role_a, e2e.ctx(first)
+    doc_a = run.request(ca, "GET", CREDS_PATH + role_a)
+    assert doc_a.status == 200, e2e.ctx(doc_a)
+    key_a = doc_a.json()["AccessKeyId"]
+
+    run.remove_container(ca)
+    cb = make_container("reuse-b", alias="b", ip=ip)
+    assert cb.ip == ip
+
+    seen = []
+    deadline = time.monotonic() + 5
+    got_b = False
+    for _ in range(50):  # bounded in count and time
+        listing, doc_old = run.http(cb, [
+            dict(method="GET", path=CREDS_PATH, timeout=2),
+            dict(method="GET", path=CREDS_PATH + role_a, timeout=2),
+        ])
+        seen += [listing, doc_old]
+        assert listing.body != role_a, "B was told it is role a" + e2e.ctx(listing)
+        assert doc_old.status == 404, "B was served role a's document" + e2e.ctx(doc_old)
+        assert key_a not in doc_old.body and key_a not in listing.body, e2e.ctx(doc_old)
+        if listing.status == 200 and listing.body == role_b:
+            got_b = True
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert got_b, "B never got role b" + e2e.ctx(*seen[-4:])
+    if len(seen) > 2:
+        print(f"note: B needed {len(seen) // 2} attempts before role b: {[r.status for r in seen]}")
+
+    doc_b = run.request(cb, "GET", CREDS_PATH + role_b)
+    assert doc_b.status == 200 and doc_b.json()["AccessKeyId"] != key_a, e2e.ctx(doc_b)
+    cli = run.aws_cli(cb)
+    assert cli.ok and f"assumed-role/{role_b}/" in cli.arn, e2e.ctx(cli)
+
+
+def test_container_asking_right_after_start_is_served(e2e, make_container):
+    """SDKs ask IMDS as soon as the program starts and give it about a second.
+    A container that asks within ~100 ms of `docker start`, possibly before the
+    proxy has seen its start event, must be looked up and served, not 404'd."""
+    run = e2e.run
+    p = e2e.proxy
+    c = make_container("early", alias="b", start=False)
+    sh(["docker", "start", c.id])
+    started = time.time()
+    run.refresh(c)  # its pid, for nsenter; no iptables step: ask at once
+    # Straight to the proxy's address (same source IP as through the DNAT).
+    r = run.request(c, "GET", CREDS_PATH, host=p.ip, port=p.port, timeout=1)
+    delay_ms = (r.sent_at - started) * 1000
+    print(f"first request sent {delay_ms:.0f} ms after `docker start` returned; took {r.ms:.0f} ms")
+    assert r.status == 200 and r.body == e2e.role_of["b"], (
+        f"asked {delay_ms:.0f} ms after start" + e2e.ctx(r))
+    doc = run.request(c, "GET", CREDS_PATH + e2e.role_of["b"], host=p.ip, port=p.port, timeout=2)
+    assert doc.status == 200 and doc.json()["Code"] == "Success", e2e.ctx(doc)
