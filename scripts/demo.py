@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ def say(text: str = "") -> None:
 
 def main() -> int:
     t0 = time.monotonic()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     run = harness.Run(kind="demo")
     try:
         say(f"{BOLD}ec2metaproxy demo{RESET} (run {run.runid})")

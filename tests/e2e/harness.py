@@ -452,6 +452,17 @@ class Run:
         if self.closed:
             return
         self.closed = True
+        # A second Ctrl-C must not abandon the cleanup half way.
+        old_int = None
+        if threading.current_thread() is threading.main_thread():
+            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._close()
+        finally:
+            if old_int is not None:
+                signal.signal(signal.SIGINT, old_int)
+
+    def _close(self) -> None:
         errors = self.cleanup.run_all()
         # Belt and braces: anything still carrying this run's label.
         errors += self._sweep_own()
@@ -532,6 +543,8 @@ class Run:
                 self.network = Network(name, cp.stdout.strip(), subnet, gateway)
                 self.cleanup.push(lambda: sh(["docker", "network", "rm", name], check=False),
                                   "remove network")
+                # Runs before the network removal (LIFO): containers first.
+                self.cleanup.push(self.remove_all_containers, "remove containers")
                 log(f"network {name} {subnet} gateway {gateway}")
                 return self.network
             last_err = cp.stderr  # e.g. a concurrent run took the pool: try another
