@@ -1,0 +1,748 @@
+//! The container index: which running container owns a source IP.
+//!
+//! One task (the watcher) owns all writes. It builds the index from one list
+//! at start, applies the Docker event stream, resyncs with a full list after
+//! the stream breaks, and answers the request path's "I do not know this IP"
+//! with a rate-limited list. Readers only load an `Arc` snapshot: a request
+//! never waits on a lock that Docker I/O holds.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::roles::session_name;
+
+/// A running container as the proxy needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub ips: Vec<IpAddr>,
+    /// Computed once here so the request path does not rebuild it.
+    pub session_name: Arc<str>,
+}
+
+impl Container {
+    pub fn new(
+        id: String,
+        name: &str,
+        labels: HashMap<String, String>,
+        ips: Vec<IpAddr>,
+    ) -> Container {
+        let name = name.trim_start_matches('/').to_string();
+        let session_name = Arc::from(session_name(&name, &id));
+        Container {
+            id,
+            name,
+            labels,
+            ips,
+            session_name,
+        }
+    }
+
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+}
+
+/// A change reported by the platform's event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerEvent {
+    /// Started, or connected to or disconnected from a network: look again.
+    Changed(String),
+    /// Died or destroyed: its addresses are no longer its own.
+    Gone(String),
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEvent, PlatformError>> + Send>>;
+
+/// Where containers come from. Docker in production; tests stand in their own.
+#[async_trait]
+pub trait ContainerSource: Send + Sync + 'static {
+    /// Establishes or re-establishes the connection; called before each resync.
+    async fn connect(&self) -> Result<(), PlatformError> {
+        Ok(())
+    }
+    /// Every running container.
+    async fn list(&self) -> Result<Vec<Container>, PlatformError>;
+    /// One container, or `None` when it is gone or not running.
+    async fn inspect(&self, id: &str) -> Result<Option<Container>, PlatformError>;
+    /// Changes from now on; subscribed before the list it complements.
+    fn events(&self) -> EventStream;
+    /// Where the source is, for log lines.
+    fn describe(&self) -> String;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error("cannot connect to Docker at {host}: {source}")]
+    Connect {
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("Docker at {host}: {operation} failed: {source}")]
+    Api {
+        host: String,
+        operation: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How long a container may ask before its `start` event arrives and still
+/// find itself: the miss path lists Docker at most this often.
+const MIN_LIST_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the request path waits for a miss refresh. SDKs give IMDS about a second.
+const MISS_WAIT: Duration = Duration::from_millis(600);
+/// An IP that is still unknown after a refresh is answered from memory for
+/// this long, so a non-container caller cannot make the proxy list Docker in a loop.
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+type IpMap = HashMap<IpAddr, Arc<Container>>;
+
+struct RefreshRequest {
+    asked_at: Instant,
+    done: oneshot::Sender<()>,
+}
+
+/// The shared, read-mostly view of containers by IP.
+pub struct ContainerIndex {
+    by_ip: ArcSwap<IpMap>,
+    refresh: Option<mpsc::Sender<RefreshRequest>>,
+    unknown: Mutex<HashMap<IpAddr, Instant>>,
+    synced: AtomicBool,
+}
+
+impl ContainerIndex {
+    /// An index that never changes: for tests and for callers without a platform.
+    pub fn fixed(containers: Vec<Container>) -> Arc<ContainerIndex> {
+        let index = ContainerIndex {
+            by_ip: ArcSwap::from_pointee(IpMap::new()),
+            refresh: None,
+            unknown: Mutex::new(HashMap::new()),
+            synced: AtomicBool::new(true),
+        };
+        index.publish(
+            &containers
+                .into_iter()
+                .map(|c| (c.id.clone(), Arc::new(c)))
+                .collect(),
+        );
+        Arc::new(index)
+    }
+
+    /// Starts the watcher task for `source` and returns the index it keeps current.
+    pub fn watch(source: Arc<dyn ContainerSource>) -> Arc<ContainerIndex> {
+        let (tx, rx) = mpsc::channel(256);
+        let index = Arc::new(ContainerIndex {
+            by_ip: ArcSwap::from_pointee(IpMap::new()),
+            refresh: Some(tx),
+            unknown: Mutex::new(HashMap::new()),
+            synced: AtomicBool::new(false),
+        });
+        // The task holds a weak reference so dropping the index stops it.
+        let weak = Arc::downgrade(&index);
+        tokio::spawn(async move {
+            Watcher {
+                source,
+                index: weak,
+                refresh_rx: rx,
+                by_id: HashMap::new(),
+                last_list: None,
+            }
+            .run()
+            .await
+        });
+        index
+    }
+
+    /// The container at `ip` as of the last change seen. The hot path.
+    pub fn get(&self, ip: IpAddr) -> Option<Arc<Container>> {
+        self.by_ip.load().get(&ip).cloned()
+    }
+
+    /// Like [`get`](Self::get), but an unknown IP first waits for one
+    /// rate-limited refresh, so a container that asks in its first
+    /// milliseconds (before its start event) is found.
+    pub async fn lookup(&self, ip: IpAddr) -> Option<Arc<Container>> {
+        if let Some(container) = self.get(ip) {
+            return Some(container);
+        }
+        let refresh = self.refresh.as_ref()?;
+        let now = Instant::now();
+        {
+            let unknown = self.unknown.lock().unwrap();
+            if unknown
+                .get(&ip)
+                .is_some_and(|at| now.duration_since(*at) < NEGATIVE_TTL)
+            {
+                return None;
+            }
+        }
+        let (done, wait) = oneshot::channel();
+        let request = RefreshRequest {
+            asked_at: now,
+            done,
+        };
+        if refresh.try_send(request).is_ok() {
+            let _ = tokio::time::timeout(MISS_WAIT, wait).await;
+        }
+        let found = self.get(ip);
+        if found.is_none() {
+            let mut unknown = self.unknown.lock().unwrap();
+            unknown.retain(|_, at| now.duration_since(*at) < NEGATIVE_TTL);
+            unknown.insert(ip, now);
+        }
+        found
+    }
+
+    /// Number of container addresses indexed.
+    pub fn len(&self) -> usize {
+        self.by_ip.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True once the first full list has been applied.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    fn publish(&self, by_id: &HashMap<String, Arc<Container>>) {
+        let mut by_ip = IpMap::with_capacity(by_id.len());
+        let mut contested = Vec::new();
+        for container in by_id.values() {
+            for ip in &container.ips {
+                if let Some(other) = by_ip.insert(*ip, container.clone()) {
+                    // Docker can briefly report a dead container beside the new
+                    // owner of its address; refuse both rather than guess.
+                    log::warn!(
+                        "address {ip} is claimed by containers {} and {}; serving neither until Docker settles",
+                        other.short_id(),
+                        container.short_id()
+                    );
+                    contested.push(*ip);
+                }
+            }
+        }
+        for ip in contested {
+            by_ip.remove(&ip);
+        }
+        self.by_ip.store(Arc::new(by_ip));
+        self.unknown.lock().unwrap().clear();
+    }
+}
+
+struct Watcher {
+    source: Arc<dyn ContainerSource>,
+    index: std::sync::Weak<ContainerIndex>,
+    refresh_rx: mpsc::Receiver<RefreshRequest>,
+    by_id: HashMap<String, Arc<Container>>,
+    last_list: Option<Instant>,
+}
+
+impl Watcher {
+    async fn run(mut self) {
+        let mut backoff = RECONNECT_MIN;
+        let mut first = true;
+        loop {
+            if self.index.strong_count() == 0 {
+                return;
+            }
+            // Subscribe before listing so nothing between the two is missed.
+            if let Err(error) = self.source.connect().await {
+                log::error!("{error}; retrying in {backoff:?}");
+                self.wait_answering_requests(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+            let mut events = self.source.events();
+            match self.list().await {
+                Ok(count) => {
+                    let verb = if first { "indexed" } else { "resynced" };
+                    log::info!(
+                        "{verb} {count} running containers from {}",
+                        self.source.describe()
+                    );
+                    first = false;
+                    backoff = RECONNECT_MIN;
+                    if let Some(index) = self.index.upgrade() {
+                        index.synced.store(true, Ordering::Relaxed);
+                    }
+                }
+                Err(error) => {
+                    log::error!("{error}; retrying in {backoff:?}");
+                    self.wait_answering_requests(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                    continue;
+                }
+            }
+            loop {
+                tokio::select! {
+                    event = events.next() => match event {
+                        Some(Ok(event)) => self.apply(event).await,
+                        Some(Err(error)) => {
+                            log::warn!("Docker event stream broke: {error}; resyncing");
+                            break;
+                        }
+                        None => {
+                            log::warn!("Docker event stream ended; resyncing");
+                            break;
+                        }
+                    },
+                    request = self.refresh_rx.recv() => match request {
+                        Some(request) => self.refresh(request).await,
+                        None => return,
+                    },
+                }
+            }
+            self.wait_answering_requests(backoff).await;
+        }
+    }
+
+    /// Sleeps before a reconnect while still answering miss refreshes (they
+    /// cannot succeed, so they are released at once instead of timing out).
+    async fn wait_answering_requests(&mut self, delay: Duration) {
+        let deadline = tokio::time::sleep(delay);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                request = self.refresh_rx.recv() => match request {
+                    Some(request) => { let _ = request.done.send(()); }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    async fn list(&mut self) -> Result<usize, PlatformError> {
+        self.last_list = Some(Instant::now());
+        let containers = self.source.list().await?;
+        self.by_id = containers
+            .into_iter()
+            .map(|c| (c.id.clone(), Arc::new(c)))
+            .collect();
+        self.publish();
+        Ok(self.by_id.len())
+    }
+
+    async fn refresh(&mut self, first: RefreshRequest) {
+        let mut waiting = vec![first];
+        while let Ok(more) = self.refresh_rx.try_recv() {
+            waiting.push(more);
+        }
+        let newest_ask = waiting.iter().map(|r| r.asked_at).max().expect("non-empty");
+        let stale = self.last_list.is_none_or(|at| at < newest_ask);
+        if stale {
+            if let Some(last) = self.last_list {
+                let since = last.elapsed();
+                if since < MIN_LIST_INTERVAL {
+                    tokio::time::sleep(MIN_LIST_INTERVAL - since).await;
+                }
+            }
+            if let Err(error) = self.list().await {
+                log::warn!("refresh for an unknown address failed: {error}");
+            }
+        }
+        for request in waiting {
+            let _ = request.done.send(());
+        }
+    }
+
+    async fn apply(&mut self, event: ContainerEvent) {
+        match event {
+            ContainerEvent::Gone(id) => {
+                if self.by_id.remove(&id).is_some() {
+                    log::debug!("container {} is gone", short(&id));
+                    self.publish();
+                }
+            }
+            ContainerEvent::Changed(id) => match self.source.inspect(&id).await {
+                Ok(Some(container)) => {
+                    log::debug!(
+                        "container {} ({}) at {:?}",
+                        container.short_id(),
+                        container.name,
+                        container.ips
+                    );
+                    self.by_id.insert(id, Arc::new(container));
+                    self.publish();
+                }
+                Ok(None) => {
+                    if self.by_id.remove(&id).is_some() {
+                        self.publish();
+                    }
+                }
+                Err(error) => log::warn!("cannot inspect container {}: {error}", short(&id)),
+            },
+        }
+    }
+
+    fn publish(&self) {
+        if let Some(index) = self.index.upgrade() {
+            index.publish(&self.by_id);
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// The Docker Engine API through bollard.
+pub struct DockerSource {
+    docker: Mutex<bollard::Docker>,
+    host: String,
+}
+
+impl DockerSource {
+    /// A client for `host` (`unix://...`, `tcp://...`); nothing is sent until
+    /// [`ContainerSource::connect`].
+    pub fn new(host: &str) -> Result<DockerSource, PlatformError> {
+        let docker = bollard::Docker::connect_with_host(host)
+            .map_err(|source| PlatformError::Connect {
+                host: host.to_string(),
+                source,
+            })?
+            .with_timeout(Duration::from_secs(10));
+        Ok(DockerSource {
+            docker: Mutex::new(docker),
+            host: host.to_string(),
+        })
+    }
+
+    fn client(&self) -> bollard::Docker {
+        self.docker.lock().unwrap().clone()
+    }
+
+    fn api_error(&self, operation: &'static str, source: bollard::errors::Error) -> PlatformError {
+        PlatformError::Api {
+            host: self.host.clone(),
+            operation,
+            source,
+        }
+    }
+}
+
+fn addresses<'a>(
+    networks: impl IntoIterator<Item = &'a bollard::models::EndpointSettings>,
+) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = networks
+        .into_iter()
+        .flat_map(|n| [n.ip_address.as_deref(), n.global_ipv6_address.as_deref()])
+        .flatten()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+#[async_trait]
+impl ContainerSource for DockerSource {
+    /// Agrees an API version with the engine, so older engines (API 1.41) work.
+    async fn connect(&self) -> Result<(), PlatformError> {
+        let negotiated =
+            self.client()
+                .negotiate_version()
+                .await
+                .map_err(|source| PlatformError::Connect {
+                    host: self.host.clone(),
+                    source,
+                })?;
+        *self.docker.lock().unwrap() = negotiated;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Container>, PlatformError> {
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::new().build();
+        let summaries = self
+            .client()
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.api_error("listing containers", e))?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(|s| {
+                let id = s.id?;
+                let name = s
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default();
+                let ips = s
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .map(|n| addresses(n.values()))
+                    .unwrap_or_default();
+                Some(Container::new(id, &name, s.labels.unwrap_or_default(), ips))
+            })
+            .collect())
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<Container>, PlatformError> {
+        let details = match self.client().inspect_container(id, None).await {
+            Ok(details) => details,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(e) => return Err(self.api_error("inspecting a container", e)),
+        };
+        let running = details
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if !running {
+            return Ok(None);
+        }
+        let ips = details
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|n| addresses(n.values()))
+            .unwrap_or_default();
+        let labels = details.config.and_then(|c| c.labels).unwrap_or_default();
+        Ok(Some(Container::new(
+            details.id.unwrap_or_else(|| id.to_string()),
+            details.name.as_deref().unwrap_or_default(),
+            labels,
+            ips,
+        )))
+    }
+
+    fn events(&self) -> EventStream {
+        use bollard::models::EventMessageTypeEnum as Type;
+        let filters = HashMap::from([
+            ("type", vec!["container", "network"]),
+            (
+                "event",
+                vec!["start", "die", "destroy", "connect", "disconnect"],
+            ),
+        ]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let host = self.host.clone();
+        let stream = self
+            .client()
+            .events(Some(options))
+            .filter_map(move |message| {
+                let event = match message {
+                    Err(source) => Some(Err(PlatformError::Api {
+                        host: host.clone(),
+                        operation: "reading events",
+                        source,
+                    })),
+                    Ok(message) => {
+                        let actor = message.actor.unwrap_or_default();
+                        match (message.typ, message.action.as_deref()) {
+                            (Some(Type::CONTAINER), Some("start")) => {
+                                actor.id.map(|id| Ok(ContainerEvent::Changed(id)))
+                            }
+                            (Some(Type::CONTAINER), Some("die" | "destroy")) => {
+                                actor.id.map(|id| Ok(ContainerEvent::Gone(id)))
+                            }
+                            (Some(Type::NETWORK), Some("connect" | "disconnect")) => actor
+                                .attributes
+                                .and_then(|mut a| a.remove("container"))
+                                .map(|id| Ok(ContainerEvent::Changed(id))),
+                            _ => None,
+                        }
+                    }
+                };
+                std::future::ready(event)
+            });
+        Box::pin(stream)
+    }
+
+    fn describe(&self) -> String {
+        format!("Docker at {}", self.host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::mpsc::UnboundedSender;
+
+    fn container(id: &str, ip: &str) -> Container {
+        Container::new(id.into(), id, HashMap::new(), vec![ip.parse().unwrap()])
+    }
+
+    /// A platform whose containers and events the test controls, counting lists.
+    struct FakeSource {
+        running: Mutex<Vec<Container>>,
+        events: Mutex<Option<mpsc::UnboundedReceiver<Result<ContainerEvent, PlatformError>>>>,
+        lists: AtomicUsize,
+    }
+
+    impl FakeSource {
+        fn new(
+            running: Vec<Container>,
+        ) -> (
+            Arc<FakeSource>,
+            UnboundedSender<Result<ContainerEvent, PlatformError>>,
+        ) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let source = Arc::new(FakeSource {
+                running: Mutex::new(running),
+                events: Mutex::new(Some(rx)),
+                lists: AtomicUsize::new(0),
+            });
+            (source, tx)
+        }
+    }
+
+    #[async_trait]
+    impl ContainerSource for FakeSource {
+        async fn list(&self) -> Result<Vec<Container>, PlatformError> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            Ok(self.running.lock().unwrap().clone())
+        }
+        async fn inspect(&self, id: &str) -> Result<Option<Container>, PlatformError> {
+            Ok(self
+                .running
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|c| c.id == id)
+                .cloned())
+        }
+        fn events(&self) -> EventStream {
+            match self.events.lock().unwrap().take() {
+                Some(rx) => Box::pin(tokio_stream_from(rx)),
+                // A second subscription (after a break) sees no further events.
+                None => Box::pin(futures_util::stream::pending()),
+            }
+        }
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: mpsc::UnboundedReceiver<T>,
+    ) -> impl Stream<Item = T> + Send {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    #[tokio::test]
+    async fn start_and_die_events_keep_the_index_current() {
+        let (source, events) = FakeSource::new(vec![container("a", "10.0.0.2")]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        assert!(index.is_synced());
+        assert_eq!(index.get("10.0.0.2".parse().unwrap()).unwrap().id, "a");
+
+        source
+            .running
+            .lock()
+            .unwrap()
+            .push(container("b", "10.0.0.3"));
+        events
+            .send(Ok(ContainerEvent::Changed("b".into())))
+            .unwrap();
+        settle().await;
+        assert_eq!(index.get("10.0.0.3".parse().unwrap()).unwrap().id, "b");
+
+        events.send(Ok(ContainerEvent::Gone("a".into()))).unwrap();
+        settle().await;
+        assert!(index.get("10.0.0.2".parse().unwrap()).is_none());
+        assert_eq!(
+            source.lists.load(Ordering::SeqCst),
+            1,
+            "events need no list"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_address_triggers_one_refresh_that_finds_a_new_container() {
+        let (source, _events) = FakeSource::new(vec![]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        // Started, but its event has not arrived.
+        source
+            .running
+            .lock()
+            .unwrap()
+            .push(container("new", "10.0.0.9"));
+        let found = index.lookup("10.0.0.9".parse().unwrap()).await;
+        assert_eq!(found.unwrap().id, "new");
+        assert_eq!(source.lists.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_non_container_caller_cannot_make_the_proxy_list_docker_in_a_loop() {
+        let (source, _events) = FakeSource::new(vec![]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        for _ in 0..20 {
+            assert!(index.lookup("10.9.9.9".parse().unwrap()).await.is_none());
+        }
+        assert_eq!(
+            source.lists.load(Ordering::SeqCst),
+            2,
+            "one start-up list and one refresh, then the negative cache answers"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_list() {
+        let (source, _events) = FakeSource::new(vec![]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        tokio::time::sleep(MIN_LIST_INTERVAL).await;
+        let lookups = (1..=10).map(|i| {
+            let index = index.clone();
+            async move { index.lookup(format!("10.1.0.{i}").parse().unwrap()).await }
+        });
+        futures_util::future::join_all(lookups).await;
+        assert!(source.lists.load(Ordering::SeqCst) <= 3);
+    }
+
+    #[tokio::test]
+    async fn a_broken_event_stream_is_followed_by_a_resync() {
+        let (source, events) = FakeSource::new(vec![container("a", "10.0.0.2")]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        // While the stream is down, a changes address and c starts.
+        *source.running.lock().unwrap() = vec![container("c", "10.0.0.4")];
+        events
+            .send(Err(PlatformError::Other("connection reset".into())))
+            .unwrap();
+        tokio::time::sleep(RECONNECT_MIN + Duration::from_millis(200)).await;
+        assert!(index.get("10.0.0.2".parse().unwrap()).is_none());
+        assert_eq!(index.get("10.0.0.4".parse().unwrap()).unwrap().id, "c");
+    }
+
+    #[test]
+    fn an_address_claimed_twice_is_served_to_neither() {
+        let index =
+            ContainerIndex::fixed(vec![container("a", "10.0.0.2"), container("b", "10.0.0.2")]);
+        assert!(index.get("10.0.0.2".parse().unwrap()).is_none());
+    }
+}
