@@ -1,0 +1,597 @@
+//! Role credentials from STS, cached per (role ARN, session policy, session name).
+//!
+//! A cached answer is a read lock on a map and an atomic load. A miss, or
+//! credentials too close to expiry, takes that key's own async lock, so
+//! concurrent requests for one key cause one AssumeRole and other keys never
+//! wait. A background task refreshes entries well ahead of expiry, so a
+//! request almost never waits on STS.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+
+use crate::roles::RoleArn;
+
+/// A secret string whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    /// The secret itself; call only where it is sent to its owner.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("** redacted **")
+    }
+}
+
+/// Temporary credentials as STS issued them.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Secret,
+    pub expiration: SystemTime,
+    /// When the proxy received them; served as `LastUpdated`.
+    pub last_updated: SystemTime,
+}
+
+/// What STS is asked; also the cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoleRequest {
+    pub role_arn: RoleArn,
+    pub policy: Option<Arc<str>>,
+    pub session_name: Arc<str>,
+}
+
+/// An AssumeRole that failed. Carries the role and STS's error code for the
+/// log; never anything secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("AssumeRole {role_arn} (session {session_name}) failed: {code}: {message}")]
+pub struct StsError {
+    pub role_arn: String,
+    pub session_name: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// The one STS call the proxy makes.
+#[async_trait]
+pub trait AssumeRole: Send + Sync + 'static {
+    async fn assume_role(
+        &self,
+        request: &RoleRequest,
+        duration: Duration,
+    ) -> Result<Credentials, StsError>;
+}
+
+/// When to refresh and what may still be served, from the session duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub duration: Duration,
+    /// The background task refreshes credentials with less than this left.
+    pub refresh_ahead: Duration,
+    /// A request never gets credentials with less than this left while STS
+    /// answers. botocore treats under ~15 minutes as stale and Java prefetches
+    /// at half the lifetime, so keep at least 30 minutes for a 1 h session.
+    pub min_left: Duration,
+}
+
+impl Timing {
+    pub fn for_duration(duration: Duration) -> Timing {
+        Timing {
+            duration,
+            refresh_ahead: (duration * 2 / 3).min(Duration::from_secs(40 * 60)),
+            min_left: (duration / 2).min(Duration::from_secs(30 * 60)),
+        }
+    }
+}
+
+/// True when credentials expiring at `expiration` have less than `buffer`
+/// left at `now`. Pure, so the edges are tested with plain numbers.
+pub fn expires_within(expiration: SystemTime, buffer: Duration, now: SystemTime) -> bool {
+    match expiration.duration_since(now) {
+        Ok(left) => left < buffer,
+        Err(_) => true,
+    }
+}
+
+/// Refreshes spread over this fraction of the refresh window so that a host's
+/// roles do not all call STS in the same second.
+const JITTER_FRACTION: u32 = 10;
+/// Still-valid credentials are served during an STS failure only while they
+/// have at least this long left: clients need time to use them.
+const STALE_FLOOR: Duration = Duration::from_secs(5 * 60);
+/// A key nobody asked for in this long is dropped at the next sweep.
+const IDLE_DROP: Duration = Duration::from_secs(2 * 60 * 60);
+
+struct Slot {
+    current: ArcSwapOption<Credentials>,
+    loading: tokio::sync::Mutex<()>,
+    last_used: AtomicU64,
+    jitter: Duration,
+}
+
+pub struct CredentialCache {
+    sts: Arc<dyn AssumeRole>,
+    timing: Timing,
+    slots: RwLock<HashMap<RoleRequest, Arc<Slot>>>,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl CredentialCache {
+    pub fn new(sts: Arc<dyn AssumeRole>, timing: Timing) -> CredentialCache {
+        CredentialCache {
+            sts,
+            timing,
+            slots: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    fn slot(&self, request: &RoleRequest) -> Arc<Slot> {
+        if let Some(slot) = self.slots.read().unwrap().get(request) {
+            return slot.clone();
+        }
+        let spread = self
+            .timing
+            .refresh_ahead
+            .saturating_sub(self.timing.min_left)
+            / JITTER_FRACTION;
+        let jitter = spread.mul_f64(rand::random::<f64>());
+        self.slots
+            .write()
+            .unwrap()
+            .entry(request.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    current: ArcSwapOption::empty(),
+                    loading: tokio::sync::Mutex::new(()),
+                    last_used: AtomicU64::new(0),
+                    jitter,
+                })
+            })
+            .clone()
+    }
+
+    /// Credentials for `request` with at least `min_left` of life, from the
+    /// cache when it has them.
+    pub async fn get(
+        &self,
+        request: &RoleRequest,
+        now: SystemTime,
+    ) -> Result<Arc<Credentials>, StsError> {
+        let slot = self.slot(request);
+        slot.last_used.store(unix_secs(now), Ordering::Relaxed);
+        if let Some(current) = slot.current.load_full() {
+            if !expires_within(current.expiration, self.timing.min_left, now) {
+                return Ok(current);
+            }
+        }
+        let _loading = slot.loading.lock().await;
+        // Whoever held the lock before us may have fetched them already.
+        if let Some(current) = slot.current.load_full() {
+            if !expires_within(current.expiration, self.timing.min_left, now) {
+                return Ok(current);
+            }
+        }
+        self.load(request, &slot, now).await
+    }
+
+    async fn load(
+        &self,
+        request: &RoleRequest,
+        slot: &Slot,
+        now: SystemTime,
+    ) -> Result<Arc<Credentials>, StsError> {
+        match self.sts.assume_role(request, self.timing.duration).await {
+            Ok(fresh) => {
+                let fresh = Arc::new(fresh);
+                slot.current.store(Some(fresh.clone()));
+                Ok(fresh)
+            }
+            Err(error) => match slot.current.load_full() {
+                Some(stale) if !expires_within(stale.expiration, STALE_FLOOR, now) => {
+                    log::warn!("{error}; serving the previous credentials, which are still valid");
+                    Ok(stale)
+                }
+                _ => Err(error),
+            },
+        }
+    }
+
+    /// Refreshes every entry due at `now` and drops entries nobody asked for
+    /// recently. Returns how many refreshes failed.
+    pub async fn refresh_due(&self, now: SystemTime) -> usize {
+        let idle_before = unix_secs(now).saturating_sub(IDLE_DROP.as_secs());
+        let due: Vec<(RoleRequest, Arc<Slot>)> = {
+            let mut slots = self.slots.write().unwrap();
+            slots.retain(|_, slot| slot.last_used.load(Ordering::Relaxed) >= idle_before);
+            slots
+                .iter()
+                .filter(|(_, slot)| match slot.current.load().as_ref() {
+                    Some(c) => {
+                        expires_within(c.expiration, self.timing.refresh_ahead + slot.jitter, now)
+                    }
+                    None => false,
+                })
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect()
+        };
+        let refreshes = due.into_iter().map(|(request, slot)| async move {
+            // A request already loading this key does the work for us.
+            let Ok(_loading) = slot.loading.try_lock() else {
+                return true;
+            };
+            match self.load(&request, &slot, now).await {
+                Ok(_) => {
+                    log::debug!(
+                        "refreshed credentials for {} ({})",
+                        request.role_arn,
+                        request.session_name
+                    );
+                    true
+                }
+                Err(error) => {
+                    log::error!("background refresh: {error}");
+                    false
+                }
+            }
+        });
+        futures_util::future::join_all(refreshes)
+            .await
+            .into_iter()
+            .filter(|ok| !ok)
+            .count()
+    }
+
+    /// Number of keys cached.
+    pub fn len(&self) -> usize {
+        self.slots.read().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How often the background task looks for credentials to refresh.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Runs [`CredentialCache::refresh_due`] until the cache is dropped.
+pub fn spawn_refresher(cache: &Arc<CredentialCache>) {
+    let weak = Arc::downgrade(cache);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(cache) = weak.upgrade() else { return };
+            cache.refresh_due(SystemTime::now()).await;
+        }
+    });
+}
+
+/// AssumeRole through aws-sdk-sts, with the proxy's own credentials and region
+/// from aws-config's default chain (`AWS_ENDPOINT_URL_STS` and
+/// `AWS_ENDPOINT_URL` are honoured there).
+pub struct AwsSts {
+    client: aws_sdk_sts::Client,
+}
+
+/// STS's global endpoint lives in us-east-1; used when nothing names a region,
+/// as on a laptop with no AWS config.
+const FALLBACK_REGION: &str = "us-east-1";
+
+impl AwsSts {
+    pub async fn from_env() -> (AwsSts, String) {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(
+                aws_config::meta::region::RegionProviderChain::default_provider()
+                    .or_else(aws_config::Region::new(FALLBACK_REGION)),
+            )
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(5))
+                    .operation_timeout(Duration::from_secs(15))
+                    .build(),
+            )
+            .load()
+            .await;
+        let region = config
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| FALLBACK_REGION.to_string());
+        (
+            AwsSts {
+                client: aws_sdk_sts::Client::new(&config),
+            },
+            region,
+        )
+    }
+}
+
+#[async_trait]
+impl AssumeRole for AwsSts {
+    async fn assume_role(
+        &self,
+        request: &RoleRequest,
+        duration: Duration,
+    ) -> Result<Credentials, StsError> {
+        use aws_sdk_sts::error::ProvideErrorMetadata;
+        let error = |code: &str, message: String| StsError {
+            role_arn: request.role_arn.to_string(),
+            session_name: request.session_name.to_string(),
+            code: code.to_string(),
+            message,
+        };
+        let output = self
+            .client
+            .assume_role()
+            .role_arn(request.role_arn.as_str())
+            .role_session_name(&*request.session_name)
+            .set_policy(request.policy.as_deref().map(str::to_string))
+            .duration_seconds(duration.as_secs().try_into().unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(service) => error(
+                    service.code().unwrap_or("Unknown"),
+                    service.message().unwrap_or("no message").to_string(),
+                ),
+                None => error(
+                    "NoResponse",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                ),
+            })?;
+        let issued = output
+            .credentials
+            .ok_or_else(|| error("NoCredentials", "STS answered without credentials".into()))?;
+        let expiration = SystemTime::try_from(*issued.expiration())
+            .map_err(|_| error("BadExpiration", "STS sent an unusable expiration".into()))?;
+        Ok(Credentials {
+            access_key_id: issued.access_key_id,
+            secret_access_key: Secret::new(issued.secret_access_key),
+            session_token: Secret::new(issued.session_token),
+            expiration,
+            last_updated: SystemTime::now(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    /// Counts calls; issues credentials valid for the asked duration from the
+    /// fake clock, or fails while `failing` is set.
+    struct CountingSts {
+        calls: AtomicUsize,
+        now: Mutex<SystemTime>,
+        failing: Mutex<bool>,
+        delay: Duration,
+    }
+
+    impl CountingSts {
+        fn new(delay: Duration) -> Arc<CountingSts> {
+            Arc::new(CountingSts {
+                calls: AtomicUsize::new(0),
+                now: Mutex::new(at(0)),
+                failing: Mutex::new(false),
+                delay,
+            })
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl AssumeRole for CountingSts {
+        async fn assume_role(
+            &self,
+            request: &RoleRequest,
+            duration: Duration,
+        ) -> Result<Credentials, StsError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(self.delay).await;
+            if *self.failing.lock().unwrap() {
+                return Err(StsError {
+                    role_arn: request.role_arn.to_string(),
+                    session_name: request.session_name.to_string(),
+                    code: "Throttling".into(),
+                    message: "Rate exceeded".into(),
+                });
+            }
+            let now = *self.now.lock().unwrap();
+            Ok(Credentials {
+                access_key_id: format!("ASIA{n}"),
+                secret_access_key: Secret::new(format!("secret{n}")),
+                session_token: Secret::new(format!("token{n}")),
+                expiration: now + duration,
+                last_updated: now,
+            })
+        }
+    }
+
+    fn request(session: &str) -> RoleRequest {
+        RoleRequest {
+            role_arn: RoleArn::parse("arn:aws:iam::123456789012:role/R").unwrap(),
+            policy: None,
+            session_name: Arc::from(session),
+        }
+    }
+
+    #[test]
+    fn expiry_edges() {
+        let buffer = Duration::from_secs(60);
+        assert!(!expires_within(at(1000), buffer, at(900)));
+        assert!(
+            !expires_within(at(1000), buffer, at(940)),
+            "exactly the buffer left is fine"
+        );
+        assert!(expires_within(at(1000), buffer, at(941)));
+        assert!(
+            expires_within(at(1000), buffer, at(2000)),
+            "already expired"
+        );
+    }
+
+    #[test]
+    fn timing_for_the_default_hour_keeps_30_minutes_for_clients() {
+        let timing = Timing::for_duration(HOUR);
+        assert_eq!(timing.refresh_ahead, Duration::from_secs(40 * 60));
+        assert_eq!(timing.min_left, Duration::from_secs(30 * 60));
+        let short = Timing::for_duration(Duration::from_secs(900));
+        assert_eq!(short.min_left, Duration::from_secs(450));
+        assert_eq!(short.refresh_ahead, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let creds = Credentials {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: Secret::new("wJalrXUtnFEMI"),
+            session_token: Secret::new("FwoGZXIvYXdzE"),
+            expiration: at(0),
+            last_updated: at(0),
+        };
+        let shown = format!("{creds:?}");
+        assert!(shown.contains("ASIAEXAMPLE"));
+        assert!(
+            !shown.contains("wJalrXUtnFEMI") && !shown.contains("FwoGZXIvYXdzE"),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_for_one_key_make_one_assume_role() {
+        let sts = CountingSts::new(Duration::from_millis(50));
+        let cache = Arc::new(CredentialCache::new(
+            sts.clone(),
+            Timing::for_duration(HOUR),
+        ));
+        let gets = (0..20).map(|_| {
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get(&request("a"), at(0))
+                    .await
+                    .unwrap()
+                    .access_key_id
+                    .clone()
+            }
+        });
+        let keys = futures_util::future::join_all(gets).await;
+        assert_eq!(sts.calls(), 1);
+        assert!(keys.iter().all(|k| k == "ASIA1"));
+    }
+
+    #[tokio::test]
+    async fn different_keys_do_not_wait_for_each_other() {
+        let sts = CountingSts::new(Duration::from_millis(200));
+        let cache = Arc::new(CredentialCache::new(
+            sts.clone(),
+            Timing::for_duration(HOUR),
+        ));
+        let started = std::time::Instant::now();
+        let (ra, rb) = (request("a"), request("b"));
+        let (a, b) = tokio::join!(cache.get(&ra, at(0)), cache.get(&rb, at(0)));
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(sts.calls(), 2);
+        assert!(
+            started.elapsed() < Duration::from_millis(390),
+            "ran in parallel"
+        );
+    }
+
+    #[tokio::test]
+    async fn cached_credentials_are_served_until_30_minutes_are_left() {
+        let sts = CountingSts::new(Duration::ZERO);
+        let cache = CredentialCache::new(sts.clone(), Timing::for_duration(HOUR));
+        cache.get(&request("a"), at(0)).await.unwrap();
+        cache.get(&request("a"), at(30 * 60)).await.unwrap();
+        assert_eq!(sts.calls(), 1, "exactly 30 minutes left is still served");
+        *sts.now.lock().unwrap() = at(30 * 60 + 1);
+        let fresh = cache.get(&request("a"), at(30 * 60 + 1)).await.unwrap();
+        assert_eq!(sts.calls(), 2);
+        assert_eq!(fresh.access_key_id, "ASIA2");
+    }
+
+    #[tokio::test]
+    async fn background_refresh_runs_ahead_of_requests_and_once_per_window() {
+        let sts = CountingSts::new(Duration::ZERO);
+        let cache = CredentialCache::new(sts.clone(), Timing::for_duration(HOUR));
+        cache.get(&request("a"), at(0)).await.unwrap();
+        assert_eq!(cache.refresh_due(at(10 * 60)).await, 0);
+        assert_eq!(sts.calls(), 1, "50 minutes left: nothing due");
+        *sts.now.lock().unwrap() = at(26 * 60);
+        cache.refresh_due(at(26 * 60)).await;
+        assert_eq!(sts.calls(), 2, "34 minutes left: due whatever the jitter");
+        cache.refresh_due(at(27 * 60)).await;
+        assert_eq!(sts.calls(), 2, "the new credentials are not due again");
+        let served = cache.get(&request("a"), at(27 * 60)).await.unwrap();
+        assert_eq!(served.access_key_id, "ASIA2");
+        assert_eq!(sts.calls(), 2, "the request found them ready");
+    }
+
+    #[tokio::test]
+    async fn during_an_sts_outage_still_valid_credentials_keep_being_served() {
+        let sts = CountingSts::new(Duration::ZERO);
+        let cache = CredentialCache::new(sts.clone(), Timing::for_duration(HOUR));
+        cache.get(&request("a"), at(0)).await.unwrap();
+        *sts.failing.lock().unwrap() = true;
+        assert_eq!(
+            cache.refresh_due(at(30 * 60)).await,
+            0,
+            "stale but valid is not a failure"
+        );
+        let served = cache.get(&request("a"), at(40 * 60)).await.unwrap();
+        assert_eq!(served.access_key_id, "ASIA1");
+        let error = cache.get(&request("a"), at(56 * 60)).await.unwrap_err();
+        assert_eq!(error.code, "Throttling");
+        assert_eq!(
+            error.to_string(),
+            "AssumeRole arn:aws:iam::123456789012:role/R (session a) failed: Throttling: Rate exceeded"
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_nobody_asks_for_are_dropped() {
+        let sts = CountingSts::new(Duration::ZERO);
+        let cache = CredentialCache::new(sts.clone(), Timing::for_duration(HOUR));
+        cache.get(&request("a"), at(0)).await.unwrap();
+        cache.refresh_due(at(60)).await;
+        assert_eq!(cache.len(), 1);
+        cache.refresh_due(at(3 * 3600)).await;
+        assert_eq!(cache.len(), 0);
+    }
+}
