@@ -1,0 +1,252 @@
+//! The IMDS protocol: one function from (caller, request) to response.
+//!
+//! The server does I/O only; every decision is made in [`Imds::respond`],
+//! which reads snapshots (config, container index, credential cache) and
+//! holds no lock across an `.await`. Status codes follow how the SDKs react
+//! (see docs/ARCHITECTURE.md): 401 only for a bad token, 404 for anything a
+//! client should read as "no credentials here", 5xx only for real failures.
+
+pub mod document;
+pub mod path;
+pub mod token;
+pub mod upstream;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::config::Config;
+use crate::credentials::{CredentialCache, RoleRequest};
+use crate::docker::{Container, ContainerIndex};
+use crate::roles::{assign, Assignment, Role};
+use path::{canonicalize, classify, Flavor, Route, Version};
+use token::TokenKey;
+use upstream::Upstream;
+
+pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+const FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// A response and what the response log line says about it.
+pub struct Reply {
+    pub response: Response<Full<Bytes>>,
+    pub container: Option<Arc<Container>>,
+    pub role: Option<Arc<Role>>,
+    /// Why the answer is not a plain 200; never holds a secret.
+    pub reason: Option<Cow<'static, str>>,
+}
+
+impl Reply {
+    fn new(response: Response<Full<Bytes>>) -> Reply {
+        Reply {
+            response,
+            container: None,
+            role: None,
+            reason: None,
+        }
+    }
+
+    fn status(status: StatusCode, reason: impl Into<Cow<'static, str>>) -> Reply {
+        Reply {
+            reason: Some(reason.into()),
+            ..Reply::new(document::status_page(status))
+        }
+    }
+
+    fn with(mut self, container: &Arc<Container>, role: Option<&Arc<Role>>) -> Reply {
+        self.container = Some(container.clone());
+        self.role = role.cloned();
+        self
+    }
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct Imds {
+    config: Arc<ArcSwap<Config>>,
+    index: Arc<ContainerIndex>,
+    credentials: Arc<CredentialCache>,
+    tokens: TokenKey,
+    upstream: Option<Upstream>,
+}
+
+impl Imds {
+    pub fn new(
+        config: Arc<ArcSwap<Config>>,
+        index: Arc<ContainerIndex>,
+        credentials: Arc<CredentialCache>,
+        tokens: TokenKey,
+    ) -> Imds {
+        let upstream = config.load().metadata_url.as_ref().map(Upstream::new);
+        Imds {
+            config,
+            index,
+            credentials,
+            tokens,
+            upstream,
+        }
+    }
+
+    /// Answers one request from `caller`. The body of the request is never read.
+    pub async fn respond(
+        &self,
+        caller: IpAddr,
+        request: &http::request::Parts,
+        now: SystemTime,
+    ) -> Reply {
+        let path = match canonicalize(request.uri.path()) {
+            Ok(path) => path,
+            Err(error) => return Reply::status(StatusCode::BAD_REQUEST, error.to_string()),
+        };
+        let config = self.config.load();
+        let route = classify(&path, &config.passthrough);
+        let headers = &request.headers;
+        let unix_now = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+
+        if let Route::Token { version } = &route {
+            if request.method != Method::PUT {
+                return method_not_allowed("PUT");
+            }
+            return self.issue_token(caller, version, headers, unix_now);
+        }
+        if route == Route::NotFound {
+            return Reply::status(StatusCode::NOT_FOUND, "not an IMDS path");
+        }
+        if request.method != Method::GET && request.method != Method::HEAD {
+            return method_not_allowed("GET, HEAD");
+        }
+        match headers.get(TOKEN_HEADER) {
+            Some(token) => {
+                // A 401 here would send Go and JS clients to fetch a new token,
+                // which is refused too: a loop. 403 ends it.
+                if headers.contains_key(FORWARDED_FOR) {
+                    return Reply::status(
+                        StatusCode::FORBIDDEN,
+                        "token request carries X-Forwarded-For",
+                    );
+                }
+                if !self.tokens.is_valid(token.as_bytes(), caller, unix_now) {
+                    return Reply::status(StatusCode::UNAUTHORIZED, "invalid or expired token");
+                }
+            }
+            None if config.require_token => {
+                return Reply::status(
+                    StatusCode::UNAUTHORIZED,
+                    "IMDSv1 refused: requireToken is set",
+                )
+            }
+            None => {}
+        }
+
+        let Some(container) = self.index.lookup(caller).await else {
+            return Reply::status(
+                StatusCode::NOT_FOUND,
+                "no running container has this address",
+            );
+        };
+        let assignment = match assign(&config.roles, &container) {
+            Ok(assignment) => assignment,
+            Err(error) => {
+                return Reply::status(StatusCode::NOT_FOUND, error.to_string())
+                    .with(&container, None)
+            }
+        };
+        let role = &assignment.role;
+        let reply = match route {
+            Route::IamIndex => Reply::new(document::text("info\nsecurity-credentials/")),
+            Route::RoleListing(_) => Reply::new(document::text(role.arn.name().to_string())),
+            Route::IamInfo => Reply::new(document::iam_info(&role.arn, now)),
+            Route::RoleCredentials(flavor, name) => {
+                if name != role.arn.name() {
+                    Reply::status(
+                        StatusCode::NOT_FOUND,
+                        format!("asked for role {name:?}, which is not this container's"),
+                    )
+                } else {
+                    self.credentials_reply(&container, &assignment, flavor, now)
+                        .await
+                }
+            }
+            Route::Passthrough(path) => self.passthrough(&request.method, &path).await,
+            Route::Denied(why) => Reply::status(StatusCode::NOT_FOUND, why),
+            Route::Token { .. } | Route::NotFound => unreachable!("answered above"),
+        };
+        reply.with(&container, Some(role))
+    }
+
+    fn issue_token(
+        &self,
+        caller: IpAddr,
+        version: &Version,
+        headers: &http::HeaderMap,
+        unix_now: u64,
+    ) -> Reply {
+        if *version != Version::Latest {
+            return Reply::status(StatusCode::FORBIDDEN, "token PUT on a dated API version");
+        }
+        if headers.contains_key(FORWARDED_FOR) {
+            return Reply::status(StatusCode::FORBIDDEN, "token PUT carries X-Forwarded-For");
+        }
+        let Some(ttl) = token::parse_ttl(headers.get(TTL_HEADER)) else {
+            return Reply::status(
+                StatusCode::BAD_REQUEST,
+                "token PUT without a TTL of 1..=21600 seconds",
+            );
+        };
+        let token = self.tokens.issue(caller, ttl, unix_now);
+        let mut response = document::text(token);
+        // aws-config fails without this echo; old Go and Ruby fall back to IMDSv1.
+        response
+            .headers_mut()
+            .insert(TTL_HEADER, HeaderValue::from(ttl));
+        Reply::new(response)
+    }
+
+    async fn credentials_reply(
+        &self,
+        container: &Container,
+        assignment: &Assignment,
+        flavor: Flavor,
+        now: SystemTime,
+    ) -> Reply {
+        let request = RoleRequest {
+            role_arn: assignment.role.arn.clone(),
+            policy: assignment.policy.clone(),
+            session_name: container.session_name.clone(),
+        };
+        match self.credentials.get(&request, now).await {
+            Ok(credentials) => {
+                let account = (flavor == Flavor::Extended).then(|| assignment.role.arn.account());
+                Reply::new(document::credentials(&credentials, account))
+            }
+            Err(error) => Reply::status(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+        }
+    }
+
+    async fn passthrough(&self, method: &Method, path: &str) -> Reply {
+        let Some(upstream) = &self.upstream else {
+            return Reply::status(StatusCode::NOT_FOUND, "no metadata service is configured");
+        };
+        match upstream.fetch(method, path).await {
+            Ok(response) => Reply::new(response),
+            Err(error) => Reply::status(StatusCode::BAD_GATEWAY, error.to_string()),
+        }
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    let mut reply = Reply::status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+    reply
+        .response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    reply
+}

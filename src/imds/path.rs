@@ -1,0 +1,403 @@
+//! One canonical form of a request path, and the route it names.
+//!
+//! The path is decoded and normalised exactly once, here, and every decision
+//! (and the path forwarded upstream) uses that form. Peers leaked the host's
+//! credentials through spellings they did not normalise (`//`, trailing
+//! slashes, trailing junk); so spellings that could mean two things are
+//! refused, and the identity routes are matched case-insensitively.
+
+use std::borrow::Cow;
+
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+
+/// Longest path considered; IMDS paths are short.
+pub const MAX_PATH_LEN: usize = 1024;
+
+/// Why a path is refused with 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path is longer than {MAX_PATH_LEN} bytes")]
+    TooLong,
+    #[error("path does not start with /")]
+    NotAbsolute,
+    #[error("path has a malformed percent-escape")]
+    BadEscape,
+    #[error("path decodes to invalid UTF-8")]
+    BadUtf8,
+    #[error(
+        "path has an encoded or literal character that could split it (/, \\, ;, NUL or a control)"
+    )]
+    Ambiguous,
+}
+
+/// The API version a request names: `latest` or a dated one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Version {
+    Latest,
+    Dated(String),
+}
+
+impl Version {
+    fn parse(segment: &str) -> Option<Version> {
+        if segment == "latest" {
+            return Some(Version::Latest);
+        }
+        let b = segment.as_bytes();
+        let dated = b.len() == 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b.iter()
+                .enumerate()
+                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        dated.then(|| Version::Dated(segment.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Version::Latest => "latest",
+            Version::Dated(date) => date,
+        }
+    }
+}
+
+/// A decoded, normalised path: API version, segments, and whether it ended in `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath {
+    pub segments: Vec<String>,
+    pub trailing_slash: bool,
+}
+
+impl CanonicalPath {
+    /// The form sent upstream: each segment re-encoded, `;` parameters and
+    /// the query dropped.
+    pub fn to_uri_path(&self) -> String {
+        let mut out = String::with_capacity(64);
+        for segment in &self.segments {
+            out.push('/');
+            out.extend(utf8_percent_encode(segment, SEGMENT));
+        }
+        if self.trailing_slash || self.segments.is_empty() {
+            out.push('/');
+        }
+        out
+    }
+}
+
+/// Characters escaped when a segment is written back into a path.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b';')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'\\')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// Decodes and normalises `raw` (the path of the request target, without query).
+pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathError> {
+    if raw.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
+    let Some(rest) = raw.strip_prefix('/') else {
+        return Err(PathError::NotAbsolute);
+    };
+    let mut segments: Vec<String> = Vec::new();
+    let mut trailing_slash = false;
+    for raw_segment in rest.split('/') {
+        // Matrix parameters (`name;x=y`) are dropped, as servers that honour them do.
+        let raw_segment = raw_segment.split(';').next().unwrap_or_default();
+        let decoded = decode(raw_segment)?;
+        match &*decoded {
+            "" => trailing_slash = true,
+            "." => trailing_slash = true,
+            ".." => {
+                segments.pop();
+                trailing_slash = true;
+            }
+            _ => {
+                segments.push(decoded.into_owned());
+                trailing_slash = false;
+            }
+        }
+    }
+    Ok(CanonicalPath {
+        segments,
+        trailing_slash,
+    })
+}
+
+fn decode(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(PathError::BadEscape);
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| PathError::BadUtf8)?;
+    if decoded
+        .chars()
+        .any(|c| matches!(c, '/' | '\\' | ';') || c.is_control())
+    {
+        return Err(PathError::Ambiguous);
+    }
+    Ok(decoded)
+}
+
+/// Which kind of credential route, legacy or extended (with `AccountId`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Legacy,
+    Extended,
+}
+
+/// What a canonical path asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `api/token`
+    Token { version: Version },
+    /// `meta-data/iam/`
+    IamIndex,
+    /// `meta-data/iam/info`
+    IamInfo,
+    /// `meta-data/iam/security-credentials[-extended]/`
+    RoleListing(Flavor),
+    /// `meta-data/iam/security-credentials[-extended]/NAME`
+    RoleCredentials(Flavor, String),
+    /// Allowed by the passthrough list: forward this path upstream.
+    Passthrough(String),
+    /// Host identity, or not on the passthrough list: 404.
+    Denied(&'static str),
+    /// Not an IMDS API path at all.
+    NotFound,
+}
+
+/// Prefixes (lowercased segments after the version) that hold the host's
+/// identity or secrets. Checked before the passthrough list, whatever it says.
+const IDENTITY: &[&[&str]] = &[
+    &["meta-data", "iam"],
+    &["meta-data", "identity-credentials"],
+    &["dynamic", "instance-identity", "pkcs7"],
+    &["dynamic", "instance-identity", "signature"],
+    &["dynamic", "instance-identity", "rsa2048"],
+    &["dynamic", "instance-identity", "rsa"],
+    &["dynamic", "fws"],
+];
+
+/// True when `prefix` (as configured, `a/b`) may be passed through at all.
+pub fn names_identity(prefix: &str) -> bool {
+    let segments: Vec<String> = prefix
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    IDENTITY.iter().any(|identity| {
+        let n = identity.len().min(segments.len());
+        identity[..n]
+            .iter()
+            .zip(&segments[..n])
+            .all(|(a, b)| a == b)
+    })
+}
+
+fn starts_with_lower(segments: &[String], prefix: &[&str]) -> bool {
+    segments.len() >= prefix.len()
+        && segments
+            .iter()
+            .zip(prefix)
+            .all(|(s, p)| s.eq_ignore_ascii_case(p))
+}
+
+/// Classifies a canonical path. `passthrough` holds allowed prefixes such as
+/// `meta-data/instance-id`, matched segment by segment and case-sensitively.
+pub fn classify(path: &CanonicalPath, passthrough: &[String]) -> Route {
+    let Some((first, rest)) = path.segments.split_first() else {
+        return Route::NotFound;
+    };
+    let Some(version) = Version::parse(first) else {
+        return Route::NotFound;
+    };
+    let lower: Vec<String> = rest.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    match lower.as_slice() {
+        ["api", "token"] => return Route::Token { version },
+        ["meta-data", "iam"] => return Route::IamIndex,
+        ["meta-data", "iam", "info"] => return Route::IamInfo,
+        ["meta-data", "iam", "security-credentials"] => return Route::RoleListing(Flavor::Legacy),
+        ["meta-data", "iam", "security-credentials-extended"] => {
+            return Route::RoleListing(Flavor::Extended)
+        }
+        // The role name keeps its case: it must match the role exactly.
+        ["meta-data", "iam", "security-credentials", _] => {
+            return Route::RoleCredentials(Flavor::Legacy, rest[3].clone())
+        }
+        ["meta-data", "iam", "security-credentials-extended", _] => {
+            return Route::RoleCredentials(Flavor::Extended, rest[3].clone())
+        }
+        _ => {}
+    }
+    if IDENTITY
+        .iter()
+        .any(|prefix| starts_with_lower(rest, prefix))
+    {
+        return Route::Denied("host identity route");
+    }
+    let directory_index = matches!(lower.as_slice(), [] | ["meta-data"] | ["dynamic"]);
+    let allowed = directory_index
+        || passthrough.iter().any(|prefix| {
+            let prefix: Vec<&str> = prefix.split('/').collect();
+            rest.len() >= prefix.len() && rest.iter().zip(&prefix).all(|(s, p)| s == p)
+        });
+    if allowed {
+        Route::Passthrough(path.to_uri_path())
+    } else {
+        Route::Denied("not on the passthrough list")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_PASSTHROUGH;
+
+    fn route(raw: &str) -> Route {
+        let allowed: Vec<String> = DEFAULT_PASSTHROUGH.iter().map(|s| s.to_string()).collect();
+        classify(&canonicalize(raw).unwrap(), &allowed)
+    }
+
+    #[test]
+    fn spellings_of_the_credential_routes() {
+        use Flavor::*;
+        for raw in [
+            "/latest/meta-data/iam/security-credentials/",
+            "/latest/meta-data/iam/security-credentials",
+            "/2016-09-02/meta-data/iam/security-credentials/",
+            "//latest//meta-data/./iam/security-credentials",
+            "/latest/meta-data/x/../iam/security-credentials",
+            "/latest/meta-data/iam/%73ecurity-credentials",
+            "/latest;v=1/meta-data/iam/security-credentials;x",
+            "/latest/Meta-Data/IAM/Security-Credentials/",
+        ] {
+            assert_eq!(route(raw), Route::RoleListing(Legacy), "{raw}");
+        }
+        assert_eq!(
+            route("/latest/meta-data/iam/security-credentials/Web/"),
+            Route::RoleCredentials(Legacy, "Web".into())
+        );
+        assert_eq!(
+            route("/latest/meta-data/iam/security-credentials-extended/Web"),
+            Route::RoleCredentials(Extended, "Web".into())
+        );
+    }
+
+    #[test]
+    fn identity_routes_never_pass_through() {
+        for raw in [
+            "/latest/meta-data/iam/security-credentials/HostRole/extra",
+            "/latest/meta-data/iam/anything",
+            "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+            "/latest/meta-data/IDENTITY-CREDENTIALS/ec2/info",
+            "/latest/meta-data/instance-id/../identity-credentials/ec2/info",
+            "/latest/dynamic/instance-identity/pkcs7",
+            "/latest/dynamic/instance-identity/Signature",
+        ] {
+            assert!(
+                matches!(route(raw), Route::Denied(_)),
+                "{raw}: {:?}",
+                route(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn passthrough_is_an_allowlist() {
+        assert_eq!(
+            route("/latest/meta-data/instance-id"),
+            Route::Passthrough("/latest/meta-data/instance-id".into())
+        );
+        assert_eq!(
+            route(
+                "/latest/meta-data/placement/region?x=1"
+                    .split('?')
+                    .next()
+                    .unwrap()
+            ),
+            Route::Passthrough("/latest/meta-data/placement/region".into())
+        );
+        assert_eq!(
+            route("/latest/meta-data/"),
+            Route::Passthrough("/latest/meta-data/".into())
+        );
+        assert!(
+            matches!(route("/latest/user-data"), Route::Denied(_)),
+            "user-data is off by default"
+        );
+        assert!(matches!(
+            route("/latest/meta-data/Instance-Id"),
+            Route::Denied(_)
+        ));
+        assert_eq!(route("/"), Route::NotFound);
+        assert_eq!(route("/v1/meta-data/instance-id"), Route::NotFound);
+    }
+
+    #[test]
+    fn ambiguous_spellings_are_refused() {
+        for (raw, error) in [
+            (
+                "/latest/meta-data/iam%2Fsecurity-credentials",
+                PathError::Ambiguous,
+            ),
+            (
+                "/latest/meta-data/iam%5csecurity-credentials",
+                PathError::Ambiguous,
+            ),
+            ("/latest/meta-data/iam%00", PathError::Ambiguous),
+            ("/latest/meta-data/iam%3b", PathError::Ambiguous),
+            ("/latest/meta-data/%C0%AF", PathError::BadUtf8),
+            ("/latest/meta-data/%zz", PathError::BadEscape),
+            ("/latest/meta-data/%4", PathError::BadEscape),
+            ("latest/meta-data", PathError::NotAbsolute),
+        ] {
+            assert_eq!(canonicalize(raw), Err(error), "{raw}");
+        }
+        assert_eq!(canonicalize(&"/a".repeat(600)), Err(PathError::TooLong));
+    }
+
+    #[test]
+    fn dot_segments_cannot_climb_above_the_root() {
+        assert_eq!(
+            canonicalize("/../../latest/meta-data/instance-id")
+                .unwrap()
+                .to_uri_path(),
+            "/latest/meta-data/instance-id"
+        );
+    }
+
+    #[test]
+    fn configured_prefixes_that_name_identity_are_detected() {
+        assert!(names_identity("meta-data/iam"));
+        assert!(
+            names_identity("meta-data"),
+            "a prefix that covers an identity route"
+        );
+        assert!(names_identity("Meta-Data/IAM/info"));
+        assert!(names_identity("dynamic/instance-identity/pkcs7"));
+        assert!(!names_identity("meta-data/instance-id"));
+        assert!(!names_identity("dynamic/instance-identity/document"));
+        assert!(!names_identity("user-data"));
+    }
+}

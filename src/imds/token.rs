@@ -1,0 +1,292 @@
+//! IMDSv2 session tokens.
+//!
+//! A token is `base64url(version || expiry || HMAC-SHA256(key, ip || expiry))`:
+//! unforgeable without the key, bound to the caller's IP, and checkable
+//! without any table. Expiry is wall-clock seconds, and the key lives in a
+//! state file, so tokens survive a restart of the proxy: aws-config caches a
+//! token for hours and retries the same one on 401.
+
+use std::fmt;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// IMDS's own bounds for `X-aws-ec2-metadata-token-ttl-seconds`.
+pub const MIN_TTL_SECS: u64 = 1;
+pub const MAX_TTL_SECS: u64 = 21_600;
+
+const VERSION: u8 = 1;
+const KEY_LEN: usize = 32;
+const MAC_LEN: usize = 32;
+const RAW_LEN: usize = 1 + 8 + MAC_LEN;
+/// Base64 of `RAW_LEN` bytes, unpadded; anything longer is refused before decoding.
+const TOKEN_LEN: usize = (RAW_LEN * 4).div_ceil(3);
+const KEY_FILE: &str = "token.key";
+
+/// The key tokens are signed with. Never printed.
+#[derive(Clone)]
+pub struct TokenKey([u8; KEY_LEN]);
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenKey(** redacted **)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenKeyError {
+    #[error("cannot create state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read token key file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write token key file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "token key file {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error("token key file {path} holds {len} bytes, expected {KEY_LEN}; delete it to make a new one (tokens already issued will be refused)")]
+    Corrupt { path: PathBuf, len: usize },
+}
+
+impl TokenKey {
+    pub fn random() -> TokenKey {
+        TokenKey(rand::random())
+    }
+
+    /// Loads `dir/token.key`, or creates it (mode 0600) with a new random key.
+    pub fn load_or_create(dir: &Path) -> Result<TokenKey, TokenKeyError> {
+        let path = dir.join(KEY_FILE);
+        match std::fs::metadata(&path) {
+            Ok(meta) => {
+                let mode = meta.mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(TokenKeyError::Exposed { path, mode });
+                }
+                let bytes = std::fs::read(&path).map_err(|source| TokenKeyError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let key: [u8; KEY_LEN] =
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| TokenKeyError::Corrupt {
+                            path: path.clone(),
+                            len: bytes.len(),
+                        })?;
+                Ok(TokenKey(key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !dir.exists() {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)
+                        .map_err(|source| TokenKeyError::CreateDir {
+                            path: dir.to_path_buf(),
+                            source,
+                        })?;
+                }
+                let key = TokenKey::random();
+                let write_error = |source| TokenKeyError::Write {
+                    path: path.clone(),
+                    source,
+                };
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(write_error)?;
+                file.write_all(&key.0).map_err(write_error)?;
+                file.sync_all().map_err(write_error)?;
+                Ok(key)
+            }
+            Err(source) => Err(TokenKeyError::Read { path, source }),
+        }
+    }
+
+    fn mac(&self, ip: IpAddr, expires: u64) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
+        mac.update(b"ec2metaproxy token v1\0");
+        let ip = match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        mac.update(&ip);
+        mac.update(&expires.to_be_bytes());
+        mac
+    }
+
+    /// A token for `ip`, valid until `now + ttl_secs` (unix seconds).
+    pub fn issue(&self, ip: IpAddr, ttl_secs: u64, now: u64) -> String {
+        let expires = now + ttl_secs;
+        let mut raw = Vec::with_capacity(RAW_LEN);
+        raw.push(VERSION);
+        raw.extend_from_slice(&expires.to_be_bytes());
+        raw.extend_from_slice(&self.mac(ip, expires).finalize().into_bytes());
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// True when `token` was issued by this key to `ip` and has not expired.
+    /// Says nothing of why not: the caller answers 401 either way.
+    pub fn is_valid(&self, token: &[u8], ip: IpAddr, now: u64) -> bool {
+        if token.len() != TOKEN_LEN {
+            return false;
+        }
+        let Ok(raw) = URL_SAFE_NO_PAD.decode(token) else {
+            return false;
+        };
+        if raw.len() != RAW_LEN || raw[0] != VERSION {
+            return false;
+        }
+        let expires = u64::from_be_bytes(raw[1..9].try_into().expect("8 bytes"));
+        if expires <= now {
+            return false;
+        }
+        self.mac(ip, expires).verify_slice(&raw[9..]).is_ok()
+    }
+}
+
+/// Parses the TTL header of a token PUT: whole seconds in 1..=21600.
+pub fn parse_ttl(value: Option<&http::HeaderValue>) -> Option<u64> {
+    let text = value?.to_str().ok()?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u64>()
+        .ok()
+        .filter(|ttl| (MIN_TTL_SECS..=MAX_TTL_SECS).contains(ttl))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_token_is_valid_for_its_ip_until_it_expires() {
+        let key = TokenKey::random();
+        let token = key.issue(ip("172.17.0.2"), 60, NOW);
+        assert_eq!(token.len(), TOKEN_LEN);
+        assert!(key.is_valid(token.as_bytes(), ip("172.17.0.2"), NOW));
+        assert!(key.is_valid(token.as_bytes(), ip("172.17.0.2"), NOW + 59));
+        assert!(
+            !key.is_valid(token.as_bytes(), ip("172.17.0.2"), NOW + 60),
+            "expired"
+        );
+        assert!(
+            !key.is_valid(token.as_bytes(), ip("172.17.0.3"), NOW),
+            "another caller"
+        );
+    }
+
+    #[test]
+    fn forged_and_malformed_tokens_are_refused() {
+        let key = TokenKey::random();
+        let token = key.issue(ip("172.17.0.2"), 60, NOW);
+        let other = TokenKey::random();
+        assert!(
+            !other.is_valid(token.as_bytes(), ip("172.17.0.2"), NOW),
+            "other key"
+        );
+        // Stretch the expiry without the key.
+        let mut raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        raw[8] ^= 1;
+        let stretched = URL_SAFE_NO_PAD.encode(raw);
+        assert!(!key.is_valid(stretched.as_bytes(), ip("172.17.0.2"), NOW));
+        for junk in [
+            "",
+            "x",
+            &"A".repeat(TOKEN_LEN),
+            &format!("{token}A"),
+            &token.replace(|_| true, "!"),
+        ] {
+            assert!(
+                !key.is_valid(junk.as_bytes(), ip("172.17.0.2"), NOW),
+                "{junk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_key_file_survives_a_restart_and_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let first = TokenKey::load_or_create(&state).unwrap();
+        let token = first.issue(ip("10.0.0.2"), 600, NOW);
+        let meta = std::fs::metadata(state.join(KEY_FILE)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let second = TokenKey::load_or_create(&state).unwrap();
+        assert!(second.is_valid(token.as_bytes(), ip("10.0.0.2"), NOW + 1));
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        TokenKey::load_or_create(dir.path()).unwrap();
+        let path = dir.path().join(KEY_FILE);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = TokenKey::load_or_create(dir.path()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "token key file {0} is readable by other users (mode 644); run: chmod 600 {0}",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn debug_does_not_print_the_key() {
+        assert_eq!(
+            format!("{:?}", TokenKey([7; KEY_LEN])),
+            "TokenKey(** redacted **)"
+        );
+    }
+
+    #[test]
+    fn ttl_bounds() {
+        let ttl = |s: &str| parse_ttl(Some(&http::HeaderValue::from_str(s).unwrap()));
+        assert_eq!(ttl("1"), Some(1));
+        assert_eq!(ttl("21600"), Some(21600));
+        for bad in [
+            "0",
+            "21601",
+            "",
+            "-1",
+            "1.5",
+            " 60",
+            "abc",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(ttl(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_ttl(None), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! The command line: arguments, logging, signals and wiring. Nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use argh::FromArgs;
+
+use ec2metaproxy::config::Config;
+use ec2metaproxy::credentials::{spawn_refresher, AwsSts, CredentialCache, Timing};
+use ec2metaproxy::docker::{ContainerIndex, DockerSource};
+use ec2metaproxy::imds::token::TokenKey;
+use ec2metaproxy::imds::Imds;
+use ec2metaproxy::server::{serve, Limits};
+
+/// Serves each Docker container the AWS credentials of the IAM role its
+/// ec2metaproxy.RoleAlias label names, through the EC2 instance metadata API.
+#[derive(FromArgs)]
+struct Args {
+    /// the JSON config file
+    #[argh(option, short = 'c')]
+    config: Option<PathBuf>,
+    /// validate the config file, print a summary and exit (0 when valid)
+    #[argh(switch)]
+    check: bool,
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
+}
+
+fn fail(error: &dyn std::error::Error, hint: Option<String>) -> ExitCode {
+    eprintln!("error: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    if args.version {
+        println!("ec2metaproxy {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let Some(path) = args.config else {
+        eprintln!("error: no config file given");
+        eprintln!("hint: ec2metaproxy -c config.json (see config.example.json)");
+        return ExitCode::from(2);
+    };
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            let hint = error.hint();
+            // The message already names the file; no chain to repeat.
+            eprintln!("error: {error}");
+            if let Some(hint) = hint {
+                eprintln!("hint: {hint}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check {
+        println!(
+            "{}: OK: {} aliases, default \"{}\", listen {}",
+            path.display(),
+            config.roles.aliases.len(),
+            config.roles.default_alias,
+            config.listen
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let default_level = if config.verbose { "debug" } else { "info" };
+    // RUST_LOG wins over `verbose`. The AWS and HTTP crates stay at warn so that
+    // debug never prints their request dumps.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(format!("warn,ec2metaproxy={default_level}")),
+    )
+    .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&error, None),
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let tokens = match TokenKey::load_or_create(&config.state_dir) {
+        Ok(key) => key,
+        Err(error) => {
+            return fail(
+                &error,
+                Some(
+                    "set \"stateDir\" in the config to a directory only the proxy can read".into(),
+                ),
+            )
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("error: cannot listen on {}: {error}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let docker = match DockerSource::new(&config.docker_host) {
+        Ok(docker) => docker,
+        Err(error) => return fail(&error, None),
+    };
+    let (sts, region) = AwsSts::from_env().await;
+
+    log::info!(
+        "ec2metaproxy {} config={} listen={} aliases={} default={} docker={} sts_region={} metadata={}",
+        env!("CARGO_PKG_VERSION"),
+        config
+            .source
+            .as_ref()
+            .map_or("(embedded)".to_string(), |p| p.display().to_string()),
+        listener.local_addr().map_or(config.listen, |a| a),
+        config.roles.aliases.len(),
+        config.roles.default_alias,
+        config.docker_host,
+        region,
+        config
+            .metadata_url
+            .as_ref()
+            .map_or("none".to_string(), |u| u.to_string()),
+    );
+
+    let index = ContainerIndex::watch(Arc::new(docker));
+    let credentials = Arc::new(CredentialCache::new(
+        Arc::new(sts),
+        Timing::for_duration(config.session_duration),
+    ));
+    spawn_refresher(&credentials);
+    let config = Arc::new(ArcSwap::from_pointee(config));
+    let imds = Arc::new(Imds::new(config, index, credentials, tokens));
+    serve(listener, imds, Limits::default(), shutdown_signal()).await;
+    log::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: shutting down"),
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+    }
+}

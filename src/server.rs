@@ -1,0 +1,140 @@
+//! The container-facing HTTP listener: accept loop, limits, request IDs and
+//! the request/response log lines, graceful shutdown. No IMDS logic here.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::imds::Imds;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The server's own limits; hyper's defaults are far too generous for a
+/// service every container on the host can reach.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// A request head must arrive within this; also bounds idle keep-alive.
+    pub header_read_timeout: Duration,
+    /// hyper's read buffer, which bounds the request head (answered 431 past it).
+    pub max_head_bytes: usize,
+    /// How long shutdown waits for requests in flight.
+    pub drain: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(5),
+            // hyper's minimum; IMDS requests are a few hundred bytes.
+            max_head_bytes: 16 * 1024,
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` completes, then drains connections for
+/// at most `limits.drain`.
+pub async fn serve(
+    listener: TcpListener,
+    imds: Arc<Imds>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_bytes)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, never exit.
+                    log::warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let caller = peer.ip().to_canonical();
+        let imds = imds.clone();
+        let service = service_fn(move |request| handle(imds.clone(), caller, request));
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                log::debug!("connection from {caller} closed: {error}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => log::info!("all connections closed"),
+        _ = tokio::time::sleep(limits.drain) => {
+            log::warn!("gave up waiting for connections after {:?}", limits.drain)
+        }
+    }
+}
+
+async fn handle(
+    imds: Arc<Imds>,
+    caller: IpAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let id = uuid::Uuid::new_v4();
+    let (parts, _body) = request.into_parts();
+    log::info!(
+        "request id={id} remote={caller} method={} path={}",
+        parts.method,
+        parts.uri
+    );
+    let reply = imds.respond(caller, &parts, SystemTime::now()).await;
+    let mut response = reply.response;
+    let mut id_text = uuid::Uuid::encode_buffer();
+    let id_text = id.hyphenated().encode_lower(&mut id_text);
+    response.headers_mut().insert(
+        REQUEST_ID_HEADER,
+        HeaderValue::from_str(id_text).expect("a UUID is a header value"),
+    );
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let container = reply.container.as_ref().map_or("-", |c| c.name.as_str());
+    let alias = reply.role.as_ref().map_or("-", |r| r.alias.as_str());
+    match &reply.reason {
+        None => log::info!(
+            "response id={id} status={} container={container} alias={alias} ms={elapsed_ms:.3}",
+            response.status().as_u16()
+        ),
+        Some(reason) => log::info!(
+            "response id={id} status={} container={container} alias={alias} ms={elapsed_ms:.3} reason=\"{reason}\"",
+            response.status().as_u16()
+        ),
+    }
+    Ok(response)
+}

@@ -1,0 +1,3 @@
+//! Integration tests: the proxy's HTTP behaviour on raw requests.
+
+mod raw;
