@@ -341,15 +341,32 @@ class Proxy:
         self.log_path = run.tmp / "proxy.log"
         self._log = open(self.log_path, "ab")
         self.argv = [str(proxy_bin()), "-c", str(self.config_path)]
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env,
-                                     preexec_fn=_die_with_parent)
+        self.env = env
+        self.killed = False  # had to SIGKILL it: it ignored SIGTERM for 10 s
+        self.last_exit: int | None = None
+        self._spawn()
         run.cleanup.push(self.stop, "stop proxy")
-        if not wait_tcp(listen_ip, self.port, 30, lambda: self.proc.poll() is None):
+
+    def _spawn(self) -> None:
+        if self._log.closed:
+            self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=self.env,
+                                     preexec_fn=_die_with_parent)
+        if not wait_tcp(self.ip, self.port, 30, lambda: self.proc.poll() is None):
             raise RuntimeError(
-                f"proxy did not start listening on {listen_ip}:{self.port} "
+                f"proxy did not start listening on {self.ip}:{self.port} "
                 f"(exit code {self.proc.poll()}); argv={self.argv}\nconfig={json.dumps(self.config)}\n"
                 f"log tail:\n{self.tail()}")
+
+    def restart(self) -> float:
+        """SIGTERM the proxy, wait for it to exit, start it again with the same
+        config, port and stateDir. Returns how long the old process took to exit (s)."""
+        t0 = time.monotonic()
+        self.stop()
+        took = time.monotonic() - t0
+        self._spawn()
+        return took
 
     def log_text(self) -> str:
         try:
@@ -379,8 +396,10 @@ class Proxy:
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 self.proc.kill()
                 self.proc.wait(5)
+        self.last_exit = self.proc.returncode
         self._log.close()
 
 

@@ -113,3 +113,41 @@ def test_every_response_carries_a_request_id_that_is_logged(e2e, make_container)
         assert e2e.proxy.wait_log(f"request id={rid}"), f"no 'request id={rid}' log line" + e2e.ctx(r)
         assert e2e.proxy.wait_log(f"response id={rid}"), (
             f"no 'response id={rid}' log line" + e2e.ctx(r))
+
+
+def test_token_put_through_a_forwarder_or_on_a_dated_path_is_403(e2e, make_container):
+    """IMDSv2 hop protection as AWS does it: a token PUT carrying X-Forwarded-For
+    (a proxy inside the container relaying for someone else) and a PUT on a dated
+    path are refused with 403, which SDKs take as "fall back to IMDSv1"."""
+    c = make_container("put403", alias="a")
+    fwd, dated = e2e.run.http(c, [
+        dict(method="PUT", path=TOKEN_PATH, headers={TTL_HEADER: "60", "X-Forwarded-For": "10.9.9.9"}),
+        dict(method="PUT", path="/2021-03-23/api/token", headers={TTL_HEADER: "60"}),
+    ])
+    assert fwd.status == 403, e2e.ctx(fwd)
+    assert dated.status == 403, e2e.ctx(dated)
+
+
+def test_get_with_token_and_x_forwarded_for_is_403_not_401(e2e, make_container):
+    """A 401 here would make Go and JS SDKs fetch a new token, be refused again,
+    and loop; 403 ends it."""
+    c = make_container("xff", alias="a")
+    tok = get_token(e2e, c, "60")
+    assert tok.status == 200, e2e.ctx(tok)
+    r = e2e.run.request(c, "GET", CREDS_PATH,
+                        {TOKEN_HEADER: tok.body, "X-Forwarded-For": "10.9.9.9"})
+    assert r.status == 403, e2e.ctx(tok, r)
+
+
+def test_head_and_dated_api_versions_behave_like_get_on_latest(e2e, make_container):
+    """HEAD answers like GET without a body; /2016-09-02/ is the same as /latest/."""
+    c = make_container("headdated", alias="b")
+    role = e2e.role_of["b"]
+    head, dated, dated_doc = e2e.run.http(c, [
+        dict(method="HEAD", path=CREDS_PATH),
+        dict(method="GET", path="/2016-09-02/meta-data/iam/security-credentials/"),
+        dict(method="GET", path="/2016-09-02/meta-data/iam/security-credentials/" + role),
+    ])
+    assert head.status == 200 and head.body == "", e2e.ctx(head)
+    assert dated.status == 200 and dated.body == role, e2e.ctx(dated)
+    assert dated_doc.status == 200 and dated_doc.json()["Code"] == "Success", e2e.ctx(dated_doc)
