@@ -1,1 +1,802 @@
+//! The IMDS protocol facts of docs/ARCHITECTURE.md, each pinned on a raw
+//! request: the bytes a client sends in, the whole response out. Each one
+//! broke a real SDK somewhere when it was wrong.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use ec2metaproxy::config::Config;
+use ec2metaproxy::credentials::{
+    AssumeRole, CredentialCache, Credentials, RoleRequest, Secret, StsError, Timing,
+};
+use ec2metaproxy::docker::{Container, ContainerIndex};
+use ec2metaproxy::imds::token::TokenKey;
+use ec2metaproxy::imds::Imds;
+use ec2metaproxy::server::{serve, Limits};
+
+const WEB_IP: &str = "172.30.0.2";
+const PLAIN_IP: &str = "172.30.0.3";
+const STRAY_IP: &str = "172.30.0.4";
+const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY";
+const SESSION_TOKEN: &str = "FwoGZXIvYXdzEXAMPLETOKEN";
+/// 2026-11-22T20:00:00Z
+const NOW_SECS: u64 = 1_795_377_600;
+
+fn now() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(NOW_SECS)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Issues fixed credentials for one hour from `now()`, counting calls, or
+/// fails while `fail` is set.
+#[derive(Default)]
+struct FakeSts {
+    calls: Mutex<Vec<RoleRequest>>,
+    fail: Mutex<bool>,
+}
+
+#[async_trait]
+impl AssumeRole for FakeSts {
+    async fn assume_role(
+        &self,
+        request: &RoleRequest,
+        duration: Duration,
+    ) -> Result<Credentials, StsError> {
+        self.calls.lock().unwrap().push(request.clone());
+        if *self.fail.lock().unwrap() {
+            return Err(StsError {
+                role_arn: request.role_arn.to_string(),
+                session_name: request.session_name.to_string(),
+                code: "AccessDenied".into(),
+                message: "internal detail the caller must not see".into(),
+            });
+        }
+        Ok(Credentials {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: Secret::new(SECRET),
+            session_token: Secret::new(SESSION_TOKEN),
+            expiration: now() + duration,
+            last_updated: now(),
+        })
+    }
+}
+
+/// A metadata service that answers every path with a canary and counts paths.
+struct FakeUpstream {
+    addr: SocketAddr,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl FakeUpstream {
+    async fn start() -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                        let path = request.uri().path().to_string();
+                        *counted.lock().unwrap().entry(path.clone()).or_default() += 1;
+                        async move {
+                            let body = if request.method() == http::Method::PUT {
+                                "upstream-token".to_string()
+                            } else {
+                                format!("CANARY {path}")
+                            };
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeUpstream { addr, hits }
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    fn get_hits(&self) -> usize {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p != "/latest/api/token")
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+struct Fixture {
+    imds: Arc<Imds>,
+    sts: Arc<FakeSts>,
+    tokens: TokenKey,
+    upstream: FakeUpstream,
+}
+
+fn container(name: &str, ip: &str, labels: &[(&str, &str)]) -> Container {
+    Container::new(
+        format!("{name}0123456789abcdef"),
+        name,
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        vec![ip.parse().unwrap()],
+    )
+}
+
+async fn fixture_with(extra_config: &str, extra_containers: Vec<Container>) -> Fixture {
+    let upstream = FakeUpstream::start().await;
+    let text = format!(
+        r#"{{
+            "aliasToARN": {{
+                "default": "arn:aws:iam::111111111111:role/Default",
+                "web": "arn:aws:iam::222222222222:role/team/Web"
+            }},
+            "defaultAlias": "default",
+            "metadataURL": "http://{}"
+            {extra_config}
+        }}"#,
+        upstream.addr
+    );
+    let config = Config::parse(&text, "test.json").unwrap();
+    let mut containers = vec![
+        container("web", WEB_IP, &[("ec2metaproxy.RoleAlias", "web")]),
+        container("plain", PLAIN_IP, &[]),
+        container("stray", STRAY_IP, &[("ec2metaproxy.RoleAlias", "nope")]),
+    ];
+    containers.extend(extra_containers);
+    let sts = Arc::new(FakeSts::default());
+    let cache = Arc::new(CredentialCache::new(
+        sts.clone(),
+        Timing::for_duration(config.session_duration),
+    ));
+    let tokens = TokenKey::random();
+    let imds = Imds::new(
+        Arc::new(ArcSwap::from_pointee(config)),
+        ContainerIndex::fixed(containers),
+        cache,
+        tokens.clone(),
+    );
+    Fixture {
+        imds: Arc::new(imds),
+        sts,
+        tokens,
+        upstream,
+    }
+}
+
+async fn fixture() -> Fixture {
+    fixture_with("", vec![]).await
+}
+
+/// A response, compared whole.
+#[derive(Debug, PartialEq)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Fixture {
+    /// Parses `raw` (a request head as a client writes it) and answers it as
+    /// if it came from `caller`.
+    async fn send(&self, caller: &str, raw: &str) -> Answer {
+        let raw = raw.replace('\n', "\r\n") + "\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(raw.as_bytes()).unwrap().is_complete(), "{raw}");
+        let mut builder = http::Request::builder()
+            .method(parsed.method.unwrap())
+            .uri(parsed.path.unwrap());
+        for header in parsed.headers.iter() {
+            builder = builder.header(header.name, header.value);
+        }
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        let reply = self.imds.respond(ip(caller), &parts, now()).await;
+        let (parts, body) = reply.response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let mut headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        headers.sort();
+        Answer {
+            status: parts.status.as_u16(),
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    fn token_for(&self, caller: &str) -> String {
+        self.tokens.issue(ip(caller), 600, NOW_SECS)
+    }
+}
+
+fn text_headers() -> Vec<(String, String)> {
+    vec![("content-type".into(), "text/plain".into())]
+}
+
+fn page(status: u16) -> &'static str {
+    match status {
+        400 => "400 - Bad Request",
+        401 => "401 - Unauthorized",
+        403 => "403 - Forbidden",
+        404 => "404 - Not Found",
+        405 => "405 - Method Not Allowed",
+        503 => "503 - Service Unavailable",
+        _ => unreachable!(),
+    }
+}
+
+fn assert_refused(answer: &Answer, status: u16, description: &str) {
+    assert_eq!(answer.status, status, "{description}: {answer:#?}");
+    assert!(
+        answer.body.contains(page(status)),
+        "{description}: {answer:#?}"
+    );
+}
+
+mod token {
+    use super::*;
+
+    /// aws-config fails without the TTL echo; old Go and Ruby drop to IMDSv1.
+    #[tokio::test]
+    async fn put_returns_a_token_and_echoes_the_ttl() {
+        let f = fixture().await;
+        let answer = f
+            .send(WEB_IP, "PUT /latest/api/token HTTP/1.1\nHost: 169.254.169.254\nX-aws-ec2-metadata-token-ttl-seconds: 21600\n")
+            .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.headers,
+            vec![
+                ("content-type".into(), "text/plain".into()),
+                (
+                    "x-aws-ec2-metadata-token-ttl-seconds".into(),
+                    "21600".into()
+                ),
+            ]
+        );
+        assert!(f
+            .tokens
+            .is_valid(answer.body.as_bytes(), ip(WEB_IP), NOW_SECS + 21_599));
+        assert!(!f
+            .tokens
+            .is_valid(answer.body.as_bytes(), ip(WEB_IP), NOW_SECS + 21_600));
+    }
+
+    /// botocore and aws-config treat 400 as final; a bad TTL must not be retried.
+    #[tokio::test]
+    async fn ttl_missing_or_out_of_bounds_is_400() {
+        let f = fixture().await;
+        for ttl in [
+            None,
+            Some("0"),
+            Some("21601"),
+            Some("abc"),
+            Some("-5"),
+            Some(""),
+        ] {
+            let header = ttl.map_or(String::new(), |t| {
+                format!("X-aws-ec2-metadata-token-ttl-seconds: {t}\n")
+            });
+            let answer = f
+                .send(WEB_IP, &format!("PUT /latest/api/token HTTP/1.1\n{header}"))
+                .await;
+            assert_refused(&answer, 400, &format!("ttl {ttl:?}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn put_with_x_forwarded_for_in_any_casing_is_403() {
+        let f = fixture().await;
+        for name in ["X-Forwarded-For", "x-forwarded-for", "X-FORWARDED-FOR"] {
+            let answer = f
+                .send(WEB_IP, &format!("PUT /latest/api/token HTTP/1.1\nX-aws-ec2-metadata-token-ttl-seconds: 60\n{name}: 1.2.3.4\n"))
+                .await;
+            assert_refused(&answer, 403, name);
+        }
+    }
+
+    #[tokio::test]
+    async fn put_on_a_dated_path_is_403() {
+        let f = fixture().await;
+        let answer = f
+            .send(
+                WEB_IP,
+                "PUT /2021-03-23/api/token HTTP/1.1\nX-aws-ec2-metadata-token-ttl-seconds: 60\n",
+            )
+            .await;
+        assert_refused(&answer, 403, "dated token path");
+    }
+
+    #[tokio::test]
+    async fn get_on_the_token_path_is_405() {
+        let f = fixture().await;
+        let answer = f.send(WEB_IP, "GET /latest/api/token HTTP/1.1\n").await;
+        assert_refused(&answer, 405, "GET token");
+        assert_eq!(answer.header("allow"), Some("PUT"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_expired_or_borrowed_token_is_401() {
+        let f = fixture().await;
+        let cases = [
+            ("garbage", "garbage".to_string()),
+            ("expired", f.tokens.issue(ip(WEB_IP), 60, NOW_SECS - 61)),
+            ("another container's", f.token_for(PLAIN_IP)),
+            (
+                "another key's",
+                TokenKey::random().issue(ip(WEB_IP), 60, NOW_SECS),
+            ),
+        ];
+        for (description, token) in cases {
+            let answer = f
+                .send(WEB_IP, &format!("GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\nX-aws-ec2-metadata-token: {token}\n"))
+                .await;
+            assert_refused(&answer, 401, description);
+        }
+    }
+
+    /// A 401 here would make Go and JS fetch a new token, which is refused
+    /// with 403: a loop. So a token GET with X-Forwarded-For is 403 at once.
+    #[tokio::test]
+    async fn get_with_a_token_and_x_forwarded_for_is_403_not_401() {
+        let f = fixture().await;
+        let token = f.token_for(WEB_IP);
+        let answer = f
+            .send(WEB_IP, &format!("GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\nX-aws-ec2-metadata-token: {token}\nX-Forwarded-For: 10.0.0.1\n"))
+            .await;
+        assert_refused(&answer, 403, "token + XFF");
+    }
+
+    #[tokio::test]
+    async fn imdsv1_is_served_unless_require_token_is_set() {
+        let f = fixture().await;
+        let v1 = f
+            .send(
+                WEB_IP,
+                "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\n",
+            )
+            .await;
+        assert_eq!(v1.status, 200);
+        let strict = fixture_with(r#", "requireToken": true"#, vec![]).await;
+        let refused = strict
+            .send(
+                WEB_IP,
+                "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\n",
+            )
+            .await;
+        assert_refused(&refused, 401, "requireToken");
+        let token = strict.token_for(WEB_IP);
+        let v2 = strict
+            .send(WEB_IP, &format!("GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\nX-aws-ec2-metadata-token: {token}\n"))
+            .await;
+        assert_eq!(v2.status, 200);
+    }
+}
+
+mod credentials {
+    use super::*;
+
+    /// aws-config uses the listing verbatim as a URL segment and panics on `\n`.
+    #[tokio::test]
+    async fn listing_is_the_role_name_without_a_newline_with_or_without_slash() {
+        let f = fixture().await;
+        for path in [
+            "/latest/meta-data/iam/security-credentials/",
+            "/latest/meta-data/iam/security-credentials",
+            "/latest/meta-data/iam/security-credentials-extended/",
+            "/2016-09-02/meta-data/iam/security-credentials/",
+        ] {
+            let answer = f.send(WEB_IP, &format!("GET {path} HTTP/1.1\n")).await;
+            assert_eq!(
+                answer,
+                Answer {
+                    status: 200,
+                    headers: text_headers(),
+                    body: "Web".into()
+                },
+                "{path}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_document_is_whole_and_exact() {
+        let f = fixture().await;
+        let expected = format!(
+            "{{\n  \"Code\" : \"Success\",\n  \"LastUpdated\" : \"2026-11-22T20:00:00Z\",\n  \"Type\" : \"AWS-HMAC\",\n  \"AccessKeyId\" : \"ASIAEXAMPLE\",\n  \"SecretAccessKey\" : \"{SECRET}\",\n  \"Token\" : \"{SESSION_TOKEN}\",\n  \"Expiration\" : \"2026-11-22T21:00:00Z\"\n}}"
+        );
+        for path in [
+            "/latest/meta-data/iam/security-credentials/Web",
+            "/latest/meta-data/iam/security-credentials/Web/",
+            "/2016-09-02/meta-data/iam/security-credentials/Web",
+        ] {
+            let answer = f
+                .send(
+                    WEB_IP,
+                    &format!("GET {path} HTTP/1.1\nAccept: application/json\n"),
+                )
+                .await;
+            assert_eq!(
+                answer,
+                Answer {
+                    status: 200,
+                    headers: text_headers(),
+                    body: expected.clone()
+                },
+                "{path}"
+            );
+        }
+        let calls = f.sts.calls.lock().unwrap();
+        assert_eq!(calls.len(), 1, "one AssumeRole for one key");
+        assert_eq!(
+            calls[0].role_arn.as_str(),
+            "arn:aws:iam::222222222222:role/team/Web"
+        );
+        assert_eq!(&*calls[0].session_name, "web-web012345678");
+    }
+
+    /// Go v2, Java v2, Ruby, PHP and Kotlin ask here first; a 403 or 500
+    /// instead of a document (or a 404) breaks them.
+    #[tokio::test]
+    async fn extended_route_adds_the_roles_account() {
+        let f = fixture().await;
+        let answer = f
+            .send(
+                WEB_IP,
+                "GET /latest/meta-data/iam/security-credentials-extended/Web HTTP/1.1\n",
+            )
+            .await;
+        assert_eq!(answer.status, 200);
+        let document: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(document["AccountId"], "222222222222");
+        assert_eq!(document["Code"], "Success");
+        assert!(answer.body.ends_with("\"AccountId\" : \"222222222222\"\n}"));
+    }
+
+    #[tokio::test]
+    async fn unlabelled_container_gets_the_default_role() {
+        let f = fixture().await;
+        let answer = f
+            .send(
+                PLAIN_IP,
+                "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\n",
+            )
+            .await;
+        assert_eq!(answer.body, "Default");
+        let doc = f
+            .send(
+                PLAIN_IP,
+                "GET /latest/meta-data/iam/security-credentials/Default HTTP/1.1\n",
+            )
+            .await;
+        assert_eq!(doc.status, 200);
+    }
+
+    /// 404, not 500: a 500 burns the client's retries; and never the default role.
+    #[tokio::test]
+    async fn no_credentials_for_strangers_unknown_aliases_or_other_roles() {
+        let f = fixture().await;
+        let cases = [
+            (
+                "an unknown alias",
+                STRAY_IP,
+                "/latest/meta-data/iam/security-credentials/",
+            ),
+            (
+                "an unknown alias asking for the default",
+                STRAY_IP,
+                "/latest/meta-data/iam/security-credentials/Default",
+            ),
+            (
+                "an address that is no container",
+                "172.30.0.99",
+                "/latest/meta-data/iam/security-credentials/",
+            ),
+            (
+                "another role's name",
+                WEB_IP,
+                "/latest/meta-data/iam/security-credentials/Default",
+            ),
+            (
+                "the role name in another case",
+                WEB_IP,
+                "/latest/meta-data/iam/security-credentials/web",
+            ),
+            (
+                "trailing junk after the role",
+                WEB_IP,
+                "/latest/meta-data/iam/security-credentials/Web/x",
+            ),
+            (
+                "the host's identity credentials",
+                WEB_IP,
+                "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+            ),
+        ];
+        for (description, caller, path) in cases {
+            let answer = f.send(caller, &format!("GET {path} HTTP/1.1\n")).await;
+            assert_refused(&answer, 404, description);
+        }
+        assert!(f.sts.calls.lock().unwrap().is_empty());
+        assert_eq!(
+            f.upstream.get_hits(),
+            0,
+            "nothing reached the metadata service"
+        );
+    }
+
+    #[tokio::test]
+    async fn session_policy_label_reaches_sts() {
+        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"*","Resource":"*"}]}"#;
+        let narrowed = container("narrow", "172.30.0.5", &[("ec2metaproxy.Policy", policy)]);
+        let f = fixture_with("", vec![narrowed]).await;
+        let answer = f
+            .send(
+                "172.30.0.5",
+                "GET /latest/meta-data/iam/security-credentials/Default HTTP/1.1\n",
+            )
+            .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            f.sts.calls.lock().unwrap()[0].policy.as_deref(),
+            Some(policy)
+        );
+    }
+
+    /// The failure is logged with its detail; the caller sees a fixed page.
+    #[tokio::test]
+    async fn sts_failure_is_a_5xx_without_internal_detail() {
+        let f = fixture().await;
+        *f.sts.fail.lock().unwrap() = true;
+        let answer = f
+            .send(
+                WEB_IP,
+                "GET /latest/meta-data/iam/security-credentials/Web HTTP/1.1\n",
+            )
+            .await;
+        assert_refused(&answer, 503, "STS down");
+        assert!(!answer.body.contains("internal detail") && !answer.body.contains("AccessDenied"));
+    }
+
+    #[tokio::test]
+    async fn iam_info_describes_the_containers_role_never_the_hosts() {
+        let f = fixture().await;
+        let answer = f
+            .send(WEB_IP, "GET /latest/meta-data/iam/info HTTP/1.1\n")
+            .await;
+        assert_eq!(answer.status, 200);
+        let info: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(
+            info["InstanceProfileArn"],
+            "arn:aws:iam::222222222222:instance-profile/team/Web"
+        );
+        assert_eq!(f.upstream.get_hits(), 0);
+    }
+}
+
+mod routing {
+    use super::*;
+
+    #[tokio::test]
+    async fn allowed_metadata_passes_through_with_the_proxys_own_token() {
+        let f = fixture().await;
+        let answer = f
+            .send(WEB_IP, "GET /latest/meta-data/instance-id HTTP/1.1\n")
+            .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "CANARY /latest/meta-data/instance-id");
+        assert_eq!(f.upstream.hits("/latest/api/token"), 1);
+        f.send(WEB_IP, "GET /latest/meta-data/placement/region HTTP/1.1\n")
+            .await;
+        assert_eq!(
+            f.upstream.hits("/latest/api/token"),
+            1,
+            "the upstream token is reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn identity_spellings_never_reach_the_metadata_service() {
+        let f = fixture().await;
+        for path in [
+            "/latest/meta-data/iam/security-credentials/HostRole",
+            "/latest/meta-data//iam/security-credentials/HostRole",
+            "/latest/meta-data/IAM/security-credentials/HostRole",
+            "/latest/meta-data/%69am/security-credentials/HostRole",
+            "/latest/meta-data/iam/security-credentials;/HostRole",
+            "/latest/meta-data/instance-id/../iam/info",
+            "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+            "/latest/dynamic/instance-identity/pkcs7",
+            "/latest/user-data",
+        ] {
+            let answer = f.send(WEB_IP, &format!("GET {path} HTTP/1.1\n")).await;
+            assert!(!answer.body.contains("CANARY"), "{path}: {answer:#?}");
+        }
+        assert_eq!(f.upstream.get_hits(), 0);
+    }
+
+    #[tokio::test]
+    async fn ambiguous_paths_are_400() {
+        let f = fixture().await;
+        for path in [
+            "/latest/meta-data/iam%2Fsecurity-credentials/",
+            "/latest/meta-data/%5Ciam",
+            "/latest/meta-data/%00",
+            "/latest/meta-data/%C0%AE%C0%AE/iam",
+        ] {
+            let answer = f.send(WEB_IP, &format!("GET {path} HTTP/1.1\n")).await;
+            assert_refused(&answer, 400, path);
+        }
+    }
+
+    #[tokio::test]
+    async fn only_get_head_and_the_token_put_are_methods() {
+        let f = fixture().await;
+        for method in ["POST", "DELETE", "PATCH", "PUT", "OPTIONS"] {
+            let answer = f
+                .send(
+                    WEB_IP,
+                    &format!("{method} /latest/meta-data/iam/security-credentials/ HTTP/1.1\n"),
+                )
+                .await;
+            assert_refused(&answer, 405, method);
+            assert_eq!(answer.header("allow"), Some("GET, HEAD"));
+        }
+    }
+}
+
+/// Through the real listener: what only the server layer can get wrong.
+mod server {
+    use super::*;
+
+    async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let f = fixture_with(
+            "",
+            vec![container(
+                "local",
+                "127.0.0.1",
+                &[("ec2metaproxy.RoleAlias", "web")],
+            )],
+        )
+        .await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        tokio::spawn(serve(listener, f.imds, limits, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    /// Sends raw bytes and reads until the server closes the connection.
+    async fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(raw).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+                Ok(Err(_)) => break,
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    #[tokio::test]
+    async fn head_has_no_body_and_every_response_has_a_request_id() {
+        let (addr, _stop) = start().await;
+        let raw = exchange(addr, b"HEAD /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+        assert!(raw.contains("content-length: 3\r\n"), "{raw}");
+        assert!(raw.ends_with("\r\n\r\n"), "no body after the head: {raw:?}");
+        let id = raw
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .expect("x-request-id header");
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 4);
+    }
+
+    #[tokio::test]
+    async fn keep_alive_and_pipelining_answer_every_request_in_order() {
+        let (addr, _stop) = start().await;
+        let one = "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\n\r\n";
+        let token = "PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token-ttl-seconds: 5\r\n\r\n";
+        let last = "GET /latest/meta-data/iam/security-credentials HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let raw = exchange(addr, format!("{one}{token}{last}").as_bytes()).await;
+        assert_eq!(raw.matches("HTTP/1.1 200 OK").count(), 3, "{raw}");
+        assert!(raw.contains("x-aws-ec2-metadata-token-ttl-seconds: 5"));
+    }
+
+    #[tokio::test]
+    async fn http_1_0_without_host_is_served() {
+        let (addr, _stop) = start().await;
+        let raw = exchange(
+            addr,
+            b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.0\r\n\r\n",
+        )
+        .await;
+        assert!(raw.starts_with("HTTP/1.0 200 OK\r\n"), "{raw}");
+        assert!(raw.ends_with("\r\n\r\nWeb"), "{raw}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_head_is_refused() {
+        let (addr, _stop) = start().await;
+        let big = format!(
+            "GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\nX-Junk: {}\r\n\r\n",
+            "a".repeat(64 * 1024)
+        );
+        let raw = exchange(addr, big.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 431 "), "{raw:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_head_that_never_finishes_is_closed() {
+        let (addr, _stop) = start().await;
+        let started = std::time::Instant::now();
+        let raw = exchange(addr, b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n").await;
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(3),
+            "closed after {waited:?}: {raw:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(400),
+            "closed after {waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting() {
+        let (addr, stop) = start().await;
+        assert!(TcpStream::connect(addr).await.is_ok());
+        stop.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+}
