@@ -1,3 +1,5 @@
-//! Integration tests: the proxy's HTTP behaviour on raw requests.
+//! Integration tests: the proxy's HTTP behaviour on raw requests, and the
+//! security corpus and properties.
 
 mod raw;
+mod security;

@@ -1,0 +1,47 @@
+# ec2metaproxy: build, test, demo, benchmark and package.
+#   make demo    run the proxy end to end on real containers (README's "run it")
+#   make test    the whole test suite: unit + raw-request tests, then real containers
+GIT_REF ?= HEAD
+TAG ?= latest
+IMAGE ?= ec2metaproxy
+CARGO ?= cargo
+
+.PHONY: build release test unit e2e lint demo bench builder runner docker clean
+
+build:
+	$(CARGO) build --release --locked
+
+release: build
+
+# Fast tests anywhere Rust is, then the real thing (Docker, moto, real SDK clients).
+test: unit e2e
+
+unit:
+	$(CARGO) test --locked
+
+e2e:
+	scripts/e2e.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+demo:
+	scripts/demo.sh
+
+bench:
+	scripts/bench.sh
+
+# Two-stage image: the builder image compiles GIT_REF; running it writes a tar
+# of the binary and Dockerfile.run, which `runner` builds into a small image.
+builder:
+	scripts/docker-image.sh builder "$(GIT_REF)" "$(TAG)" "$(IMAGE)"
+
+runner:
+	scripts/docker-image.sh runner "$(GIT_REF)" "$(TAG)" "$(IMAGE)"
+
+docker: builder runner
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv

@@ -1,0 +1,1 @@
+//! Hostile input: the identity-path corpus and the classifier properties.
