@@ -545,8 +545,10 @@ class Run:
                     pass
         return used
 
-    def create_network(self) -> Network:
-        name = f"{self.prefix}-net"
+    def create_network(self, suffix: str = "net") -> Network:
+        """A bridge network on a free /24; the first one made is `self.network`
+        (where the proxy, moto and the fake upstream listen)."""
+        name = f"{self.prefix}-{suffix}"
         last_err = ""
         for _attempt in range(20):
             used = self._used_subnets()
@@ -559,13 +561,15 @@ class Run:
                      "--subnet", str(subnet), "--gateway", gateway,
                      "--label", f"{RUN_LABEL}={self.runid}", name], check=False)
             if cp.returncode == 0:
-                self.network = Network(name, cp.stdout.strip(), subnet, gateway)
+                net = Network(name, cp.stdout.strip(), subnet, gateway)
+                if self.network is None:
+                    self.network = net
                 self.cleanup.push(lambda: sh(["docker", "network", "rm", name], check=False),
                                   "remove network")
                 # Runs before the network removal (LIFO): containers first.
                 self.cleanup.push(self.remove_all_containers, "remove containers")
                 log(f"network {name} {subnet} gateway {gateway}")
-                return self.network
+                return net
             last_err = cp.stderr  # e.g. a concurrent run took the pool: try another
         raise RuntimeError(f"could not create a test network: {last_err}")
 
@@ -617,7 +621,8 @@ class Run:
 
     def run_container(self, short: str, alias: str | None = None, policy: str | None = None,
                       ip: str | None = None, labels: dict | None = None,
-                      redirect: bool = True, start: bool = True) -> Container:
+                      redirect: bool = True, start: bool = True,
+                      network: Network | None = None) -> Container:
         name = f"{self.prefix}-{short}"
         all_labels = {RUN_LABEL: self.runid}
         if alias is not None:
@@ -625,7 +630,7 @@ class Run:
         if policy is not None:
             all_labels[POLICY_LABEL] = policy
         all_labels.update(labels or {})
-        args = ["docker", "create", "--name", name, "--network", self.network.name]
+        args = ["docker", "create", "--name", name, "--network", (network or self.network).name]
         if ip:
             args += ["--ip", ip]
         for k, v in all_labels.items():
@@ -733,8 +738,10 @@ class Run:
             raise RuntimeError(f"netns_http failed rc={cp.returncode}: {cp.stderr}")
         results = []
         for r, out in zip(reqs, json.loads(cp.stdout)):
-            url = f"http://{r['host']}:{r['port']}{r['path']}"
-            hr = HttpResult(r["method"], url, r["headers"], out.get("status"),
+            url = f"http://{r['host']}:{r['port']}{r.get('path', '')}"
+            if "raw" in r:
+                url += f" raw={r['raw'][:200]!r}"
+            hr = HttpResult(r.get("method", "RAW"), url, r["headers"], out.get("status"),
                             out.get("headers", []), out.get("body", ""), out.get("error"),
                             out.get("ms", 0.0), out.get("sent_at", 0.0))
             self._collect_secrets_from_body(hr.body)
@@ -745,15 +752,32 @@ class Run:
                 **kw) -> HttpResult:
         return self.http(c, [dict(method=method, path=path, headers=headers or {}, **kw)])[0]
 
-    def _collect_secrets_from_body(self, body: str) -> None:
+    def slow_loris(self, c: Container, count: int, seconds: float) -> subprocess.Popen:
+        """Start a caller in `c`'s netns holding `count` unfinished requests open to
+        the proxy for up to `seconds`. Read its two JSON lines with finish_slow_loris."""
+        env = dict(self.client_env(), E2E_HOLD=json.dumps(
+            {"host": self.proxy.ip, "port": self.proxy.port, "count": count, "seconds": seconds}))
+        return subprocess.Popen(["nsenter", "-t", str(c.pid), "-n", "--", sys.executable,
+                                 str(NETNS_HTTP)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+    @staticmethod
+    def finish_slow_loris(p: subprocess.Popen, timeout: float) -> dict:
         try:
-            doc = json.loads(body)
-        except (ValueError, TypeError):
-            return
-        if isinstance(doc, dict):
-            for k in ("SecretAccessKey", "Token"):
-                if isinstance(doc.get(k), str) and doc[k]:
-                    self.seen_secrets.add(doc[k])
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+        return lines[-1] if lines else {"error": err}
+
+    _SECRET_VALUE_RE = re.compile(r'"(?:SecretAccessKey|Token)"\s*:\s*"([^"]+)"')
+
+    def _collect_secrets_from_body(self, body: str) -> None:
+        """Remember every secret a client was handed (JSON bodies and raw HTTP alike),
+        for the log-hygiene check."""
+        for value in self._SECRET_VALUE_RE.findall(body or ""):
+            self.seen_secrets.add(value)
 
     def aws_cli(self, c: Container, timeout: float = 60) -> ClientResult:
         argv = [venv_bin("aws"), "sts", "get-caller-identity", "--output", "json"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from conftest import E2E
 from harness import CREDS_PATH, sh
 
@@ -74,3 +76,71 @@ def test_container_asking_right_after_start_is_served(e2e, make_container):
         f"asked {delay_ms:.0f} ms after start" + e2e.ctx(r))
     doc = run.request(c, "GET", CREDS_PATH + e2e.role_of["b"], host=p.ip, port=p.port, timeout=2)
     assert doc.status == 200 and doc.json()["Code"] == "Success", e2e.ctx(doc)
+
+
+JOIN_PROBE = r"""
+import json, os, socket, sys, time
+ip, host, port = os.environ["JOIN_IP"], os.environ["PROXY_HOST"], int(os.environ["PROXY_PORT"])
+print("ready", flush=True)
+t0 = time.monotonic()
+while time.monotonic() - t0 < 15:          # bounded: wait for the address to appear
+    try:
+        s = socket.socket(); s.bind((ip, 0)); break
+    except OSError:
+        s.close(); time.sleep(0.0005)
+else:
+    print(json.dumps({"error": "address never appeared"})); sys.exit(1)
+appeared = time.time()
+s.settimeout(2)
+out = {"waited_ms": (time.monotonic() - t0) * 1000}
+try:
+    s.connect((host, port))
+    out["sent_after_address_ms"] = (time.time() - appeared) * 1000
+    s.sendall(b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        c = s.recv(65536)
+        if not c: break
+        data += c
+    out["response"] = data.decode("latin-1")
+except Exception as e:
+    out["error"] = repr(e)
+print(json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "known gap (reported to the lead): the miss path lists Docker once, and for a "
+    "millisecond or so after `docker network connect` Docker itself does not show the "
+    "new address yet; the proxy answers 404 instead of waiting for the connect event"))
+def test_container_asking_the_instant_it_joins_the_network_is_served(e2e, make_container):
+    """`docker network connect` gives a running container a new IP. A caller that
+    fires the moment the address appears, racing Docker's connect event, must be
+    looked up and served its role (not 404'd as an unknown IP)."""
+    import json
+    import select
+    import subprocess
+    import sys
+
+    run = e2e.run
+    aux = run.create_network("aux")
+    c = make_container("joiner", alias="a", network=aux, redirect=False)
+    ip = str(run.network.subnet.network_address + 150)
+    env = dict(run.client_env(), JOIN_IP=ip, PROXY_HOST=e2e.proxy.ip, PROXY_PORT=str(e2e.proxy.port))
+    probe = subprocess.Popen(["nsenter", "-t", str(c.pid), "-n", "--", sys.executable, "-c", JOIN_PROBE],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+    try:
+        ready, _, _ = select.select([probe.stdout], [], [], 10)
+        assert ready and probe.stdout.readline().strip() == "ready", probe.stderr.read()
+        sh(["docker", "network", "connect", "--ip", ip, run.network.name, c.id])
+        out, err = probe.communicate(timeout=20)
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.communicate()
+    res = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err}
+    print(f"join probe: {dict((k, v) for k, v in res.items() if k != 'response')}")
+    resp = res.get("response", "")
+    assert resp.startswith("HTTP/1.1 200"), f"probe result {res}" + e2e.ctx()
+    assert resp.endswith("\r\n\r\n" + e2e.role_of["a"]), f"probe result {res}" + e2e.ctx()
