@@ -125,6 +125,8 @@ pub struct ContainerIndex {
     refresh: Option<mpsc::Sender<RefreshRequest>>,
     unknown: Mutex<HashMap<IpAddr, Instant>>,
     synced: AtomicBool,
+    /// Woken on every publish, for lookups waiting on an address.
+    changed: tokio::sync::Notify,
 }
 
 impl ContainerIndex {
@@ -135,6 +137,7 @@ impl ContainerIndex {
             refresh: None,
             unknown: Mutex::new(HashMap::new()),
             synced: AtomicBool::new(true),
+            changed: tokio::sync::Notify::new(),
         };
         index.publish(
             &containers
@@ -153,6 +156,7 @@ impl ContainerIndex {
             refresh: Some(tx),
             unknown: Mutex::new(HashMap::new()),
             synced: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
         });
         // The task holds a weak reference so dropping the index stops it.
         let weak = Arc::downgrade(&index);
@@ -193,15 +197,26 @@ impl ContainerIndex {
                 return None;
             }
         }
+        let deadline = tokio::time::Instant::from_std(now + MISS_WAIT);
         let (done, wait) = oneshot::channel();
         let request = RefreshRequest {
             asked_at: now,
             done,
         };
         if refresh.try_send(request).is_ok() {
-            let _ = tokio::time::timeout(MISS_WAIT, wait).await;
+            let _ = tokio::time::timeout_at(deadline, wait).await;
         }
-        let found = self.get(ip);
+        // Docker can show a new address in the container before its API does
+        // (`network connect`): keep waiting for the event until the deadline.
+        let found = loop {
+            let changed = self.changed.notified();
+            if let Some(container) = self.get(ip) {
+                break Some(container);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                break self.get(ip);
+            }
+        };
         if found.is_none() {
             let mut unknown = self.unknown.lock().unwrap();
             unknown.retain(|_, at| now.duration_since(*at) < NEGATIVE_TTL);
@@ -246,6 +261,7 @@ impl ContainerIndex {
         }
         self.by_ip.store(Arc::new(by_ip));
         self.unknown.lock().unwrap().clear();
+        self.changed.notify_waiters();
     }
 }
 
@@ -693,6 +709,29 @@ mod tests {
         let found = index.lookup("10.0.0.9".parse().unwrap()).await;
         assert_eq!(found.unwrap().id, "new");
         assert_eq!(source.lists.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_address_docker_lists_late_is_found_when_its_event_arrives() {
+        let (source, events) = FakeSource::new(vec![]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let lookup = {
+            let index = index.clone();
+            tokio::spawn(async move { index.lookup(ip).await })
+        };
+        // The refresh list runs and misses; the connect event lands after it.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        source
+            .running
+            .lock()
+            .unwrap()
+            .push(container("late", "10.0.0.7"));
+        events
+            .send(Ok(ContainerEvent::Changed("late".into())))
+            .unwrap();
+        assert_eq!(lookup.await.unwrap().unwrap().id, "late");
     }
 
     #[tokio::test]
