@@ -299,6 +299,12 @@ impl Validator<'_> {
                             format!("\"{prefix}\" is not a metadata path such as \"meta-data/instance-id\""),
                         ));
                     }
+                    if crate::imds::path::names_identity(prefix) {
+                        return Err(self.invalid(
+                            "passthrough",
+                            format!("\"{prefix}\" would pass the host's identity or credentials through; list narrower categories"),
+                        ));
+                    }
                     prefixes.push(prefix.to_string());
                 }
                 prefixes
@@ -564,6 +570,11 @@ mod tests {
                 "a metadata URL with a path",
                 r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a", "metadataURL": "http://169.254.169.254/latest"}"#,
                 "test.json: key \"metadataURL\": \"http://169.254.169.254/latest\" must not have a path or query",
+            ),
+            (
+                "a passthrough prefix that covers the host's credentials",
+                r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a", "passthrough": ["meta-data"]}"#,
+                "test.json: key \"passthrough\": \"meta-data\" would pass the host's identity or credentials through; list narrower categories",
             ),
             (
                 "a missing default alias",
