@@ -83,7 +83,7 @@ def main() -> int:
 
             rust = run.rust_client(c)
             if rust.ok:
-                say(f"  aws-config + STS GetCallerIdentity (examples/imds_client):")
+                say("  aws-config + STS GetCallerIdentity (examples/imds_client):")
                 say(f"      Arn          {BOLD}{rust.arn}{RESET}")
                 say(f"      AccessKeyId  {rust.access_key_id}")
                 say(f"      Expiration   {rust.expiration}")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import select
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import E2E
 from harness import CREDS_PATH, sh
 
 
@@ -117,11 +120,6 @@ def test_container_asking_the_instant_it_joins_the_network_is_served(e2e, make_c
     """`docker network connect` gives a running container a new IP. A caller that
     fires the moment the address appears, racing Docker's connect event, must be
     looked up and served its role (not 404'd as an unknown IP)."""
-    import json
-    import select
-    import subprocess
-    import sys
-
     run = e2e.run
     aux = run.create_network("aux")
     c = make_container("joiner", alias="a", network=aux, redirect=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CANARY, E2E, INSTANCE_ID
+from conftest import CANARY, INSTANCE_ID
 from harness import TOKEN_HEADER, TTL_HEADER
 
 # Spellings of routes that would hand a container the host's credentials or

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from conftest import E2E
 from harness import CREDS_PATH, TOKEN_HEADER, TTL_HEADER
 
 

@@ -6,7 +6,6 @@ import re
 import select
 import time
 
-from conftest import E2E
 from harness import CREDS_PATH
 
 
