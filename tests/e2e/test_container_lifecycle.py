@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from harness import CREDS_PATH, sh
 
 
@@ -112,10 +110,6 @@ print(json.dumps(out), flush=True)
 """
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known gap (reported to the lead): the miss path lists Docker once, and for a "
-    "millisecond or so after `docker network connect` Docker itself does not show the "
-    "new address yet; the proxy answers 404 instead of waiting for the connect event"))
 def test_container_asking_the_instant_it_joins_the_network_is_served(e2e, make_container):
     """`docker network connect` gives a running container a new IP. A caller that
     fires the moment the address appears, racing Docker's connect event, must be
