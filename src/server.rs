@@ -1,10 +1,11 @@
 //! The container-facing HTTP listener: accept loop, limits, request IDs and
 //! the request/response log lines, graceful shutdown. No IMDS logic here.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -27,6 +28,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    /// So that one container's slow or idle connections cannot fill the cap.
+    pub max_connections_per_ip: usize,
     /// A request head must arrive within this; also bounds idle keep-alive.
     pub header_read_timeout: Duration,
     /// hyper's read buffer, which bounds the request head (answered 431 past it).
@@ -39,6 +42,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_connections: 4096,
+            max_connections_per_ip: 64,
             header_read_timeout: Duration::from_secs(5),
             // hyper's minimum; IMDS requests are a few hundred bytes.
             max_head_bytes: 16 * 1024,
@@ -56,6 +60,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -81,8 +86,12 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         let caller = peer.ip().to_canonical();
+        let Some(ip_slot) = per_ip.acquire(caller) else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
         let imds = imds.clone();
         let service = service_fn(move |request| handle(imds.clone(), caller, request));
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
@@ -91,6 +100,7 @@ pub async fn serve(
                 log::debug!("connection from {caller} closed: {error}");
             }
             drop(permit);
+            drop(ip_slot);
         });
     }
     drop(listener);
@@ -98,6 +108,61 @@ pub async fn serve(
         _ = graceful.shutdown() => log::info!("all connections closed"),
         _ = tokio::time::sleep(limits.drain) => {
             log::warn!("gave up waiting for connections after {:?}", limits.drain)
+        }
+    }
+}
+
+/// Open connections per caller address.
+struct PerIp {
+    max: usize,
+    /// Open connections, and whether a refusal has been logged since the
+    /// caller was last under its cap (so a flood logs once, not per attempt).
+    open: Mutex<HashMap<IpAddr, (usize, bool)>>,
+}
+
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn new(max: usize) -> PerIp {
+        PerIp {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap();
+        let (count, logged) = open.entry(ip).or_insert((0, false));
+        if *count >= self.max {
+            if !*logged {
+                *logged = true;
+                log::warn!(
+                    "refusing connections from {ip}: it already has {} open (the per-caller cap)",
+                    self.max
+                );
+            }
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.open.lock().unwrap();
+        if let Some((count, logged)) = open.get_mut(&self.ip) {
+            *count -= 1;
+            *logged = false;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }

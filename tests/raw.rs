@@ -23,19 +23,19 @@ use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::Imds;
 use ec2metaproxy::server::{serve, Limits};
 
-const WEB_IP: &str = "172.30.0.2";
+pub(crate) const WEB_IP: &str = "172.30.0.2";
 const PLAIN_IP: &str = "172.30.0.3";
 const STRAY_IP: &str = "172.30.0.4";
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY";
 const SESSION_TOKEN: &str = "FwoGZXIvYXdzEXAMPLETOKEN";
 /// 2026-11-22T20:00:00Z
-const NOW_SECS: u64 = 1_795_377_600;
+pub(crate) const NOW_SECS: u64 = 1_795_377_600;
 
-fn now() -> SystemTime {
+pub(crate) fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(NOW_SECS)
 }
 
-fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
@@ -74,9 +74,9 @@ impl AssumeRole for FakeSts {
 }
 
 /// A metadata service that answers every path with a canary and counts paths.
-struct FakeUpstream {
+pub(crate) struct FakeUpstream {
     addr: SocketAddr,
-    hits: Arc<Mutex<HashMap<String, usize>>>,
+    pub(crate) hits: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl FakeUpstream {
@@ -130,14 +130,14 @@ impl FakeUpstream {
     }
 }
 
-struct Fixture {
-    imds: Arc<Imds>,
+pub(crate) struct Fixture {
+    pub(crate) imds: Arc<Imds>,
     sts: Arc<FakeSts>,
-    tokens: TokenKey,
-    upstream: FakeUpstream,
+    pub(crate) tokens: TokenKey,
+    pub(crate) upstream: FakeUpstream,
 }
 
-fn container(name: &str, ip: &str, labels: &[(&str, &str)]) -> Container {
+pub(crate) fn container(name: &str, ip: &str, labels: &[(&str, &str)]) -> Container {
     Container::new(
         format!("{name}0123456789abcdef"),
         name,
@@ -149,7 +149,7 @@ fn container(name: &str, ip: &str, labels: &[(&str, &str)]) -> Container {
     )
 }
 
-async fn fixture_with(extra_config: &str, extra_containers: Vec<Container>) -> Fixture {
+pub(crate) async fn fixture_with(extra_config: &str, extra_containers: Vec<Container>) -> Fixture {
     let upstream = FakeUpstream::start().await;
     let text = format!(
         r#"{{
@@ -688,22 +688,25 @@ mod server {
     use super::*;
 
     async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        start_with(Limits {
+            header_read_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        })
+        .await
+    }
+
+    async fn start_with(limits: Limits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let f = fixture_with(
             "",
-            vec![container(
-                "local",
-                "127.0.0.1",
-                &[("ec2metaproxy.RoleAlias", "web")],
-            )],
+            vec![
+                container("local", "127.0.0.1", &[("ec2metaproxy.RoleAlias", "web")]),
+                container("neighbour", "127.0.0.2", &[]),
+            ],
         )
         .await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let limits = Limits {
-            header_read_timeout: Duration::from_millis(500),
-            ..Limits::default()
-        };
         tokio::spawn(serve(listener, f.imds, limits, async {
             let _ = stopped.await;
         }));
@@ -789,6 +792,59 @@ mod server {
             waited >= Duration::from_millis(400),
             "closed after {waited:?}"
         );
+    }
+
+    /// hyper starts its header-read timer whenever it waits for a request
+    /// head, so an idle keep-alive connection is closed on the same bound.
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed() {
+        let (addr, _stop) = start().await;
+        let started = std::time::Instant::now();
+        let raw = exchange(
+            addr,
+            b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await;
+        assert!(raw.starts_with("HTTP/1.1 200 OK"), "{raw}");
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(3), "closed after {waited:?}");
+    }
+
+    /// 100 slow connections from one caller leave another caller served at
+    /// once, even when they are as many as the whole server's cap.
+    #[tokio::test]
+    async fn one_callers_slow_connections_cannot_starve_another() {
+        let (addr, _stop) = start_with(Limits {
+            max_connections: 100,
+            max_connections_per_ip: 64,
+            ..Limits::default()
+        })
+        .await;
+        let mut hogs = Vec::new();
+        for _ in 0..100 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let _ = stream
+                .write_all(b"GET /latest/meta-data/ HTTP/1.1\r\n")
+                .await;
+            hogs.push(stream);
+        }
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let started = std::time::Instant::now();
+        let mut other = socket.connect(addr).await.unwrap();
+        other
+            .write_all(b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(1), other.read_to_string(&mut answer))
+            .await
+            .expect("served within a second")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with("Default"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(hogs);
     }
 
     #[tokio::test]
