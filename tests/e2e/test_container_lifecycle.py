@@ -136,3 +136,41 @@ def test_container_asking_the_instant_it_joins_the_network_is_served(e2e, make_c
     resp = res.get("response", "")
     assert resp.startswith("HTTP/1.1 200"), f"probe result {res}" + e2e.ctx()
     assert resp.endswith("\r\n\r\n" + e2e.role_of["a"]), f"probe result {res}" + e2e.ctx()
+
+
+def test_ip_freed_by_network_disconnect_is_not_served_as_the_old_container(e2e, make_container):
+    """IP reuse without a removal: container A (alias a) is disconnected from the
+    network but keeps running (on another network), and container B (alias b)
+    takes A's old address. A still exists, so only the disconnect tells the proxy
+    the address moved: B must never be served as A."""
+    run = e2e.run
+    aux = run.create_network("aux2")
+    ip = str(run.network.subnet.network_address + 210)
+    role_a, role_b = e2e.role_of["a"], e2e.role_of["b"]
+
+    ca = make_container("disc-a", alias="a", ip=ip)
+    first = run.request(ca, "GET", CREDS_PATH)
+    assert first.status == 200 and first.body == role_a, e2e.ctx(first)
+    sh(["docker", "network", "connect", aux.name, ca.id])
+    sh(["docker", "network", "disconnect", run.network.name, ca.id])
+
+    cb = make_container("disc-b", alias="b", ip=ip)
+    assert cb.ip == ip
+    seen = []
+    got_b = False
+    deadline = time.monotonic() + 5
+    for _ in range(50):  # bounded in count and time
+        listing, doc_old = run.http(cb, [
+            dict(method="GET", path=CREDS_PATH, timeout=2),
+            dict(method="GET", path=CREDS_PATH + role_a, timeout=2),
+        ])
+        seen += [listing, doc_old]
+        assert listing.body != role_a, "B was told it is role a" + e2e.ctx(listing)
+        assert doc_old.status == 404, "B was served role a's document" + e2e.ctx(doc_old)
+        if listing.status == 200 and listing.body == role_b:
+            got_b = True
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert got_b, "B never got role b" + e2e.ctx(*seen[-4:])
