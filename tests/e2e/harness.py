@@ -471,15 +471,16 @@ class Run:
         if self.closed:
             return
         self.closed = True
-        # A second Ctrl-C must not abandon the cleanup half way.
-        old_int = None
+        # A second Ctrl-C (or a TERM) must not abandon the cleanup half way.
+        saved = {}
         if threading.current_thread() is threading.main_thread():
-            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                saved[sig] = signal.signal(sig, signal.SIG_IGN)
         try:
             self._close()
         finally:
-            if old_int is not None:
-                signal.signal(signal.SIGINT, old_int)
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
 
     def _close(self) -> None:
         errors = self.cleanup.run_all()
