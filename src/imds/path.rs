@@ -5,6 +5,13 @@
 //! credentials through spellings they did not normalise (`//`, trailing
 //! slashes, trailing junk); so spellings that could mean two things are
 //! refused, and the identity routes are matched case-insensitively.
+//!
+//! "Could mean two things" includes what a server behind us might do with
+//! the forwarded path: decode it a second time (`%252e%252e`), trim
+//! whitespace (`..%20`), fold Unicode lookalikes (`%EF%BC%8E%EF%BC%8E`,
+//! fullwidth dots) or read `...` as a parent. A decoded segment may hold only
+//! letters, digits and `-._~!$&'()*+,=:@`, so what is classified is exactly
+//! what is forwarded.
 
 use std::borrow::Cow;
 
@@ -25,9 +32,19 @@ pub enum PathError {
     #[error("path decodes to invalid UTF-8")]
     BadUtf8,
     #[error(
-        "path has an encoded or literal character that could split it (/, \\, ;, NUL or a control)"
+        "path has an encoded or literal character that could split it (/, \\, ;, NUL or a control), or a segment of three or more dots"
     )]
     Ambiguous,
+    /// A `%25` escape: a second decoding (by a server behind us) would read
+    /// another path than the one classified here.
+    #[error("path is percent-encoded twice (it decodes to a %)")]
+    DoubleEncoded,
+    /// Whitespace, non-ASCII (lookalikes of `/` and `.`), quotes, brackets
+    /// and the like: no metadata path has them, and servers differ on them.
+    #[error(
+        "path has a character no metadata path has (allowed: letters, digits and -._~!$&'()*+,=:@)"
+    )]
+    BadCharacter,
 }
 
 /// The API version a request names: `latest` or a dated one.
@@ -155,7 +172,26 @@ fn decode(raw: &str) -> Result<Cow<'_, str>, PathError> {
     {
         return Err(PathError::Ambiguous);
     }
+    if decoded.contains('%') {
+        return Err(PathError::DoubleEncoded);
+    }
+    if !decoded.bytes().all(is_segment_byte) {
+        return Err(PathError::BadCharacter);
+    }
+    // `...` is a parent of a parent to some servers, a name to others.
+    if decoded.len() > 2 && decoded.bytes().all(|b| b == b'.') {
+        return Err(PathError::Ambiguous);
+    }
     Ok(decoded)
+}
+
+/// What a decoded segment may hold: RFC 3986's `pchar` without `%` and `;`.
+/// IMDS paths (categories, MAC addresses, tag keys, role names) need only
+/// letters, digits and `-._:@+=,`; the rest of `pchar` does no harm. Every
+/// byte here is also left as it is by [`CanonicalPath::to_uri_path`], so the
+/// path forwarded upstream is the path classified.
+fn is_segment_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&b)
 }
 
 /// Which kind of credential route, legacy or extended (with `AccountId`).
@@ -256,7 +292,12 @@ pub fn classify(path: &CanonicalPath, passthrough: &[String]) -> Route {
     {
         return Route::Denied("host identity route");
     }
-    let directory_index = matches!(lower.as_slice(), [] | ["meta-data"] | ["dynamic"]);
+    // Case-sensitive, like the passthrough list: `Meta-Data` is not forwarded.
+    let directory_index = match rest {
+        [] => true,
+        [only] => only == "meta-data" || only == "dynamic",
+        _ => false,
+    };
     let allowed = directory_index
         || passthrough.iter().any(|prefix| {
             let prefix: Vec<&str> = prefix.split('/').collect();
@@ -350,6 +391,15 @@ mod tests {
             route("/latest/meta-data/Instance-Id"),
             Route::Denied(_)
         ));
+        // Found by the property test: the listings were matched
+        // case-insensitively and forwarded in the caller's case.
+        for raw in ["/latest/Meta-Data", "/latest/META-DATA/", "/latest/Dynamic"] {
+            assert!(matches!(route(raw), Route::Denied(_)), "{raw}");
+        }
+        assert_eq!(
+            route("/latest/dynamic"),
+            Route::Passthrough("/latest/dynamic".into())
+        );
         assert_eq!(route("/"), Route::NotFound);
         assert_eq!(route("/v1/meta-data/instance-id"), Route::NotFound);
     }
@@ -375,6 +425,101 @@ mod tests {
             assert_eq!(canonicalize(raw), Err(error), "{raw}");
         }
         assert_eq!(canonicalize(&"/a".repeat(600)), Err(PathError::TooLong));
+    }
+
+    /// Found by tests/security.rs: after an allowed prefix these reached the
+    /// metadata service, where a second decoding, whitespace trimming or
+    /// Unicode folding would read `../iam/...`.
+    #[test]
+    fn spellings_a_server_behind_us_could_read_as_dot_segments_are_refused() {
+        for (raw, error) in [
+            (
+                "/latest/meta-data/instance-id/%252e%252e/iam/info",
+                PathError::DoubleEncoded,
+            ),
+            (
+                "/latest/meta-data/placement/%25%32%65%25%32%65/iam/info",
+                PathError::DoubleEncoded,
+            ),
+            (
+                "/latest/meta-data/instance-id/%252e%252e%252fiam%252finfo",
+                PathError::DoubleEncoded,
+            ),
+            (
+                "/latest/meta-data/instance-id/%25",
+                PathError::DoubleEncoded,
+            ),
+            (
+                "/latest/meta-data/%2569am/security-credentials/HostRole",
+                PathError::DoubleEncoded,
+            ),
+            (
+                "/latest/meta-data/instance-id/..%20/iam/info",
+                PathError::BadCharacter,
+            ),
+            (
+                "/latest/meta-data/instance-id/%20../iam/info",
+                PathError::BadCharacter,
+            ),
+            (
+                "/latest/meta-data/instance-id/ ../iam/info",
+                PathError::BadCharacter,
+            ),
+            (
+                "/latest/meta-data/instance-id/..%3f/iam/info",
+                PathError::BadCharacter,
+            ),
+            (
+                "/latest/meta-data/instance-id/..%23/iam/info",
+                PathError::BadCharacter,
+            ),
+            (
+                "/latest/meta-data/instance-id/%EF%BC%8E%EF%BC%8E/iam/info",
+                PathError::BadCharacter,
+            ),
+            (
+                "/latest/meta-data/instance-id/..%EF%BC%8F..%EF%BC%8Fiam",
+                PathError::BadCharacter,
+            ),
+            (
+                "/latest/meta-data/instance-id/..%E2%88%95iam",
+                PathError::BadCharacter,
+            ),
+            (
+                "/latest/meta-data/instance-id/\u{2025}/iam/info",
+                PathError::BadCharacter,
+            ),
+            ("/latest/meta-data/%D1%96am/info", PathError::BadCharacter),
+            ("/latest/meta-data/iam%C2%A0/info", PathError::BadCharacter),
+            ("/latest/meta-data/instance-id/%22", PathError::BadCharacter),
+            ("/latest/meta-data/instance-id/{x}", PathError::BadCharacter),
+            (
+                "/latest/meta-data/instance-id/.../iam/info",
+                PathError::Ambiguous,
+            ),
+            (
+                "/latest/meta-data/instance-id/..%2e/iam/info",
+                PathError::Ambiguous,
+            ),
+            ("/latest/meta-data/placement/....", PathError::Ambiguous),
+        ] {
+            assert_eq!(canonicalize(raw), Err(error), "{raw}");
+        }
+    }
+
+    #[test]
+    fn real_metadata_paths_keep_their_characters() {
+        for raw in [
+            "/latest/meta-data/network/interfaces/macs/0e:49:61:0f:c3:11/local-ipv4s",
+            "/latest/meta-data/tags/instance/team-name_x+y=z,w@v.u",
+            "/latest/meta-data/iam/security-credentials/role+=,.@-_",
+            "/latest/meta-data/public-keys/0/openssh-key",
+            "/latest/meta-data/placement/..a/..b",
+            "/latest/meta-data/placement/~x!$&'()*",
+        ] {
+            let path = canonicalize(raw).unwrap();
+            assert_eq!(path.to_uri_path(), raw, "{raw}");
+        }
     }
 
     #[test]
