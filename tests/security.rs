@@ -1,1 +1,733 @@
 //! Hostile input: the identity-path corpus and the classifier properties.
+//!
+//! * `corpus_*`: every line of `tests/corpus/identity-requests.txt` is sent
+//!   to the proxy, in process (through `Imds::respond`, as `tests/raw.rs`
+//!   does) and through the real listener (`server::serve`, so hyper parses
+//!   the raw bytes), against a metadata service that answers a canary on
+//!   every path. No answer may carry the canary, and nothing may be asked of
+//!   the metadata service, except the `@forwards` lines and each only as
+//!   exactly its harmless path. Every path that does reach it is also checked
+//!   against an independent, deliberately paranoid idea of "names the host's
+//!   identity" ([`upstream_names_identity`]).
+//! * `properties`: proptest over paths built from an alphabet rich in the
+//!   characters and words that matter. `PROPTEST_CASES=2000000` makes a long
+//!   run (see docs/security.md); `fuzz/` holds the same property for
+//!   `cargo fuzz`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use ec2metaproxy::config::DEFAULT_PASSTHROUGH;
+use ec2metaproxy::imds::path::{canonicalize, classify, names_identity, CanonicalPath, Route};
+use ec2metaproxy::server::{serve, Limits};
+
+use crate::raw::{container, fixture_with, ip, now, Fixture, NOW_SECS, WEB_IP};
+
+const CORPUS: &str = include_str!("corpus/identity-requests.txt");
+const CANARY: &str = "CANARY";
+/// The proxy's own token request to the metadata service; not a caller's.
+const UPSTREAM_TOKEN_PATH: &str = "/latest/api/token";
+
+/// One corpus line.
+#[derive(Debug)]
+struct Case {
+    line: usize,
+    text: &'static str,
+    method: Vec<u8>,
+    target: Vec<u8>,
+    version: &'static str,
+    headers: Vec<Vec<u8>>,
+    forwards: Option<String>,
+}
+
+fn unescape(text: &str, line: usize) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            let hex = text
+                .get(i + 2..i + 4)
+                .filter(|_| bytes.get(i + 1) == Some(&b'x'))
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .unwrap_or_else(|| panic!("corpus line {line}: a backslash must start \\xHH"));
+            out.push(hex);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn corpus() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (index, text) in CORPUS.lines().enumerate() {
+        let line = index + 1;
+        let trimmed = text.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let mut fields = text.split(" | ");
+        let request = fields.next().unwrap();
+        let (method, target) = request
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("corpus line {line}: expected METHOD TARGET"));
+        assert!(
+            !target.contains(' '),
+            "corpus line {line}: write spaces in the target as \\x20"
+        );
+        let mut case = Case {
+            line,
+            text,
+            method: unescape(method, line),
+            target: unescape(target, line),
+            version: "HTTP/1.1",
+            headers: Vec::new(),
+            forwards: None,
+        };
+        for field in fields {
+            if field == "@HTTP/1.0" {
+                case.version = "HTTP/1.0";
+            } else if let Some(path) = field.strip_prefix("@forwards ") {
+                case.forwards = Some(path.to_string());
+            } else {
+                assert!(
+                    !field.starts_with('@') && field.contains(':'),
+                    "corpus line {line}: unknown field {field:?}"
+                );
+                case.headers.push(unescape(field, line));
+            }
+        }
+        cases.push(case);
+    }
+    cases
+}
+
+impl Case {
+    /// The request as a client writes it, with `{TOKEN}` filled in.
+    fn bytes(&self, token: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.method);
+        out.push(b' ');
+        out.extend_from_slice(&self.target);
+        out.push(b' ');
+        out.extend_from_slice(self.version.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let has_host = self
+            .headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with(b"host:"));
+        if !has_host && self.version == "HTTP/1.1" {
+            out.extend_from_slice(b"Host: 169.254.169.254\r\n");
+        }
+        for header in &self.headers {
+            let header = String::from_utf8_lossy(header).replace("{TOKEN}", token);
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        out
+    }
+}
+
+/// What the proxy answered, and what the metadata service was asked meanwhile.
+struct Outcome {
+    status: u16,
+    body: String,
+    upstream: BTreeMap<String, usize>,
+}
+
+fn snapshot(f: &Fixture) -> HashMap<String, usize> {
+    f.upstream.hits.lock().unwrap().clone()
+}
+
+/// Paths asked of the metadata service since `before` (the proxy's own token
+/// request left out).
+fn asked_since(f: &Fixture, before: &HashMap<String, usize>) -> BTreeMap<String, usize> {
+    snapshot(f)
+        .into_iter()
+        .filter(|(path, _)| path != UPSTREAM_TOKEN_PATH)
+        .filter_map(|(path, n)| {
+            let new = n - before.get(&path).copied().unwrap_or(0);
+            (new > 0).then_some((path, new))
+        })
+        .collect()
+}
+
+/// Parses the request as hyper does (httparse, then `http::Uri`) and answers
+/// it through `Imds::respond`; `None` when it does not parse (hyper answers
+/// 400 itself; the listener run covers those lines).
+async fn respond_in_process(f: &Fixture, caller: &str, raw: &[u8]) -> Option<(u16, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut parsed = httparse::Request::new(&mut headers);
+    if !matches!(parsed.parse(raw), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let method = http::Method::from_bytes(parsed.method?.as_bytes()).ok()?;
+    let uri: http::Uri = parsed.path?.parse().ok()?;
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    for header in parsed.headers.iter() {
+        builder = builder.header(header.name, header.value);
+    }
+    let (parts, ()) = builder.body(()).ok()?.into_parts();
+    let reply = f.imds.respond(ip(caller), &parts, now()).await;
+    let (parts, body) = reply.response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Some((
+        parts.status.as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
+}
+
+/// Sends raw bytes to the listener and reads one response (to its
+/// `content-length`, or until the server closes).
+async fn exchange(addr: SocketAddr, raw: &[u8], head_request: bool) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // A server may close before reading everything (a 400 on the first line).
+    let _ = stream.write_all(raw).await;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head_len)) = response.parse(&seen) {
+            let length = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok());
+            let status = response.code.unwrap_or(0);
+            let want = if head_request { Some(0) } else { length };
+            if let Some(want) = want {
+                if seen.len() >= head_len + want {
+                    let body = &seen[head_len..head_len + want];
+                    return (status, String::from_utf8_lossy(body).into_owned());
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    // Closed (or timed out) before a whole response: report what was seen.
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Paranoid, independent of `path.rs`: decodes percent-escapes until nothing
+/// changes, treats `\` and `;` as separators, trims whitespace and dots'
+/// lookalike padding, lowercases, resolves dot segments and drops the API
+/// version; then asks whether what is left starts with a route that names the
+/// host's identity (or user-data, which is off by default and holds secrets).
+fn upstream_names_identity(path: &str) -> bool {
+    let mut text = path.to_string();
+    for _ in 0..8 {
+        let decoded = percent_encoding::percent_decode_str(&text)
+            .decode_utf8_lossy()
+            .into_owned();
+        if decoded == text {
+            break;
+        }
+        text = decoded;
+    }
+    let text = text
+        .to_lowercase()
+        .replace(['\\', ';', '?', '#'], "/")
+        .replace(['\u{ff0f}', '\u{2215}', '\u{2044}'], "/")
+        .replace('\u{ff0e}', ".");
+    let mut segments: Vec<String> = Vec::new();
+    for segment in text.split('/') {
+        let segment =
+            segment.trim_matches(|c: char| c.is_whitespace() || c.is_control() || c == '\u{200b}');
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(segment.to_string()),
+        }
+    }
+    let rest = match segments.split_first() {
+        Some((_version, rest)) => rest,
+        None => return false,
+    };
+    const IDENTITY: &[&[&str]] = &[
+        &["meta-data", "iam"],
+        &["meta-data", "identity-credentials"],
+        &["dynamic", "instance-identity", "pkcs7"],
+        &["dynamic", "instance-identity", "signature"],
+        &["dynamic", "instance-identity", "rsa2048"],
+        &["dynamic", "instance-identity", "rsa"],
+        &["dynamic", "fws"],
+        &["user-data"],
+    ];
+    IDENTITY.iter().any(|prefix| {
+        rest.len() >= prefix.len() && rest.iter().zip(prefix.iter()).all(|(s, p)| s == p)
+    })
+}
+
+/// Checks one answer; returns a failure description.
+fn judge(case: &Case, how: &str, outcome: &Outcome) -> Option<String> {
+    let asked: Vec<&String> = outcome.upstream.keys().collect();
+    let identity_asked: Vec<&&String> = asked
+        .iter()
+        .filter(|p| upstream_names_identity(p))
+        .collect();
+    let problem = if !identity_asked.is_empty() {
+        Some(format!(
+            "the metadata service was asked for identity paths {identity_asked:?}"
+        ))
+    } else {
+        match &case.forwards {
+            None if outcome.body.contains(CANARY) => {
+                Some("the answer carries the metadata service's canary".to_string())
+            }
+            None if !asked.is_empty() => {
+                Some(format!("the metadata service was asked for {asked:?}"))
+            }
+            Some(path) if asked != [path] || outcome.upstream[path] != 1 => Some(format!(
+                "expected the metadata service to be asked for {path:?} once, was asked {:?}",
+                outcome.upstream
+            )),
+            Some(path) if outcome.body != format!("{CANARY} {path}") => {
+                Some(format!("expected the canary of {path:?} to be relayed"))
+            }
+            _ => None,
+        }
+    };
+    problem.map(|problem| {
+        let mut body = outcome.body.clone();
+        body.truncate(400);
+        format!(
+            "{how}, corpus line {}: {problem}\n  request: {}\n  status:  {}\n  body:    {body:?}",
+            case.line, case.text, outcome.status
+        )
+    })
+}
+
+/// A summary printed with `--nocapture`: how the corpus was answered.
+fn tally(statuses: &BTreeMap<u16, usize>) -> String {
+    statuses
+        .iter()
+        .map(|(status, n)| format!("{status}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[test]
+fn corpus_is_large_and_well_formed() {
+    let cases = corpus();
+    assert!(cases.len() >= 300, "{} requests", cases.len());
+    let targets: std::collections::HashSet<_> = cases
+        .iter()
+        .map(|c| (&c.method, &c.target, &c.headers, c.version))
+        .collect();
+    assert_eq!(targets.len(), cases.len(), "no duplicate requests");
+    for case in &cases {
+        if let Some(path) = &case.forwards {
+            assert!(
+                !upstream_names_identity(path),
+                "line {}: @forwards names identity",
+                case.line
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn corpus_in_process_never_reaches_the_hosts_identity() {
+    let f = fixture_with("", vec![]).await;
+    let token = f.tokens.issue(ip(WEB_IP), 600, NOW_SECS);
+    let mut failures = Vec::new();
+    let mut statuses = BTreeMap::new();
+    let mut unparsed = 0;
+    let cases = corpus();
+    for case in &cases {
+        let before = snapshot(&f);
+        let Some((status, body)) = respond_in_process(&f, WEB_IP, &case.bytes(&token)).await else {
+            unparsed += 1;
+            continue;
+        };
+        *statuses.entry(status).or_insert(0) += 1;
+        let outcome = Outcome {
+            status,
+            body,
+            upstream: asked_since(&f, &before),
+        };
+        failures.extend(judge(case, "in process", &outcome));
+    }
+    println!(
+        "corpus in process: {} requests, {unparsed} not parseable (listener run covers them); {}",
+        cases.len(),
+        tally(&statuses)
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn corpus_through_the_listener_never_reaches_the_hosts_identity() {
+    let f = fixture_with(
+        "",
+        vec![container(
+            "local",
+            "127.0.0.1",
+            &[("ec2metaproxy.RoleAlias", "web")],
+        )],
+    )
+    .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    tokio::spawn(serve(listener, f.imds.clone(), limits, async {
+        let _ = stopped.await;
+    }));
+    let token = f.tokens.issue(ip("127.0.0.1"), 600, NOW_SECS);
+    let mut failures = Vec::new();
+    let mut statuses = BTreeMap::new();
+    let cases = corpus();
+    for case in &cases {
+        let before = snapshot(&f);
+        let head = case.method == b"HEAD";
+        let (status, body) = exchange(addr, &case.bytes(&token), head).await;
+        *statuses.entry(status).or_insert(0) += 1;
+        let outcome = Outcome {
+            status,
+            body,
+            upstream: asked_since(&f, &before),
+        };
+        failures.extend(judge(case, "listener", &outcome));
+    }
+    let _ = stop.send(());
+    println!(
+        "corpus through the listener: {} requests; {}",
+        cases.len(),
+        tally(&statuses)
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// With every category a config may list passed through (the config refuses
+/// prefixes that cover identity routes), the deny-list alone must hold:
+/// whatever reaches the metadata service names no identity route.
+#[tokio::test]
+async fn corpus_with_a_wide_passthrough_list_still_never_reaches_identity() {
+    let mut wide: Vec<String> = DEFAULT_PASSTHROUGH.iter().map(|s| s.to_string()).collect();
+    wide.extend(
+        [
+            "meta-data/public-keys",
+            "meta-data/autoscaling",
+            "meta-data/elastic-gpus",
+            "meta-data/ipv6",
+            "meta-data/kernel-id",
+            "meta-data/metrics",
+            "meta-data/instance-id/x",
+            "dynamic/instance-identity/document",
+        ]
+        .map(String::from),
+    );
+    for prefix in &wide {
+        assert!(!names_identity(prefix), "{prefix}");
+    }
+    let list = serde_json::to_string(&wide).unwrap();
+    let f = fixture_with(
+        &format!(r#", "passthrough": {list}, "requireToken": true"#),
+        vec![],
+    )
+    .await;
+    let token = f.tokens.issue(ip(WEB_IP), 600, NOW_SECS);
+    let mut failures = Vec::new();
+    for case in &corpus() {
+        let before = snapshot(&f);
+        let Some((status, body)) = respond_in_process(&f, WEB_IP, &case.bytes(&token)).await else {
+            continue;
+        };
+        let upstream = asked_since(&f, &before);
+        let identity: Vec<_> = upstream
+            .keys()
+            .filter(|p| upstream_names_identity(p))
+            .collect();
+        let relayed_identity = body
+            .strip_prefix("CANARY ")
+            .is_some_and(upstream_names_identity);
+        if !identity.is_empty() || relayed_identity {
+            failures.push(format!(
+                "corpus line {}: {}\n  status {status}, asked {upstream:?}, body {body:?}",
+                case.line, case.text
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_oracle_recognises_identity_spellings() {
+    for path in [
+        "/latest/meta-data/iam/info",
+        "/latest/meta-data/instance-id/..%20/iam/info",
+        "/latest/meta-data/instance-id/%252e%252e/iam/info",
+        "/latest/Meta-Data/IAM/security-credentials/x",
+        "/2016-09-02/dynamic/instance-identity/pkcs7",
+        "/latest/meta-data/instance-id\\..\\identity-credentials/ec2/info",
+        "/latest/user-data",
+        "/latest/meta-data/instance-id/%EF%BC%8E%EF%BC%8E/iam/info",
+    ] {
+        assert!(upstream_names_identity(path), "{path}");
+    }
+    for path in [
+        "/latest/meta-data/instance-id",
+        "/latest/meta-data/iamx",
+        "/latest/dynamic/instance-identity/document",
+        "/latest/meta-data/",
+    ] {
+        assert!(!upstream_names_identity(path), "{path}");
+    }
+}
+
+/// Properties of `canonicalize` and `classify` over hostile paths.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces paths are built from: separators, dots, escapes, parameters, and
+    /// the words of the routes that matter.
+    const PIECES: &[&str] = &[
+        "/",
+        "/",
+        "/",
+        "/",
+        ".",
+        "..",
+        "%",
+        "%2",
+        "%2e",
+        "%2E",
+        "%2f",
+        "%2F",
+        "%25",
+        "%5c",
+        "%3b",
+        "%00",
+        "%20",
+        "%09",
+        "%69",
+        "%49",
+        "%61",
+        "%6d",
+        "%c0%ae",
+        "%ef%bc%8f",
+        ";",
+        ";x=1",
+        "?",
+        "#",
+        "\\",
+        " ",
+        "\t",
+        "~",
+        "i",
+        "a",
+        "m",
+        "I",
+        "A",
+        "M",
+        "e",
+        "2",
+        "5",
+        "6",
+        "9",
+        "f",
+        "F",
+        "c",
+        "-",
+        "iam",
+        "IAM",
+        "Iam",
+        "info",
+        "meta-data",
+        "Meta-Data",
+        "dynamic",
+        "latest",
+        "LATEST",
+        "2016-09-02",
+        "1.0",
+        "identity-credentials",
+        "security-credentials",
+        "security-credentials-extended",
+        "ec2",
+        "ec2-instance",
+        "instance-identity",
+        "document",
+        "pkcs7",
+        "signature",
+        "rsa2048",
+        "rsa",
+        "fws",
+        "user-data",
+        "instance-id",
+        "placement",
+        "region",
+        "HostRole",
+        "Web",
+        "api",
+        "token",
+        "\u{ff0f}",
+        "\u{ff0e}",
+        "\u{0456}",
+    ];
+
+    fn passthrough() -> Vec<String> {
+        DEFAULT_PASSTHROUGH.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn hostile_path() -> impl Strategy<Value = String> {
+        let piece = proptest::sample::select(PIECES);
+        (
+            prop_oneof![
+                Just("/latest/"),
+                Just("/"),
+                Just("//"),
+                Just("/2021-03-23/"),
+                Just("")
+            ],
+            proptest::collection::vec(piece, 0..24),
+        )
+            .prop_map(|(start, pieces)| {
+                let mut path = start.to_string();
+                for piece in pieces {
+                    path.push_str(piece);
+                }
+                path
+            })
+    }
+
+    /// What every canonical path must satisfy; shared by both strategies.
+    fn check(raw: &str) -> Result<(), TestCaseError> {
+        let Ok(path) = canonicalize(raw) else {
+            return Ok(());
+        };
+        let allowed = passthrough();
+        let route = classify(&path, &allowed);
+        let uri = path.to_uri_path();
+        let again = canonicalize(&uri);
+        prop_assert_eq!(
+            again.as_ref(),
+            Ok(&path),
+            "canonicalize is idempotent: {:?} -> {:?}",
+            raw,
+            uri
+        );
+        prop_assert_eq!(
+            classify(again.as_ref().unwrap(), &allowed),
+            route.clone(),
+            "classification survives re-encoding: {:?}",
+            raw
+        );
+        if let Route::Passthrough(forwarded) = &route {
+            prop_assert!(
+                !upstream_names_identity(forwarded),
+                "{:?} passes through as {:?}, which names identity",
+                raw,
+                forwarded
+            );
+            let forwarded_path: CanonicalPath = canonicalize(forwarded)
+                .map_err(|e| TestCaseError::fail(format!("{raw:?} -> {forwarded:?}: {e}")))?;
+            let rest = forwarded_path
+                .segments
+                .get(1..)
+                .unwrap_or_default()
+                .join("/");
+            prop_assert!(
+                rest.is_empty() || !names_identity(&rest) || is_directory_index(&rest),
+                "{:?} passes through as {:?}",
+                raw,
+                forwarded
+            );
+            // After the version, lowercased, compared segment-aligned.
+            let after_version = forwarded[1..].split_once('/').map_or("", |(_, rest)| rest);
+            let after_version = format!("{}/", after_version.to_ascii_lowercase());
+            for identity in [
+                "meta-data/iam/",
+                "meta-data/identity-credentials/",
+                "dynamic/instance-identity/pkcs7/",
+                "dynamic/instance-identity/signature/",
+                "dynamic/instance-identity/rsa2048/",
+                "dynamic/instance-identity/rsa/",
+                "dynamic/fws/",
+                "user-data/",
+            ] {
+                prop_assert!(
+                    !after_version.starts_with(identity),
+                    "{:?} passes through as {:?}",
+                    raw,
+                    forwarded
+                );
+            }
+            prop_assert!(
+                forwarded
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'\\'),
+                "{:?} passes through as {:?}: not plain ASCII",
+                raw,
+                forwarded
+            );
+        }
+        Ok(())
+    }
+
+    /// `meta-data` and `dynamic` are directory listings: they name identity
+    /// routes as prefixes but return only names.
+    fn is_directory_index(rest: &str) -> bool {
+        matches!(rest, "meta-data" | "dynamic")
+    }
+
+    proptest! {
+        // PROPTEST_CASES (read by the default config) sets the number of cases.
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::Direct(
+                    "tests/corpus/proptest-regressions.txt",
+                ),
+            )),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn hostile_paths(raw in hostile_path()) {
+            check(&raw)?;
+        }
+
+        #[test]
+        fn arbitrary_strings(raw in "/[^?]{0,80}") {
+            check(&raw)?;
+        }
+    }
+}
