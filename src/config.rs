@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::logging::LogFormat;
 use crate::roles::{Role, RoleArn};
 
 /// Where the Go fork and Docker itself expect the engine.
@@ -71,6 +72,8 @@ const KNOWN_KEYS: &[&str] = &[
     "sessionDuration",
     "requireToken",
     "passthrough",
+    "metricsListen",
+    "logFormat",
 ];
 
 /// A validated configuration. Cheap to share: handlers read it through an `Arc`.
@@ -89,6 +92,38 @@ pub struct Config {
     pub require_token: bool,
     /// Metadata path prefixes (after the API version) that may reach the upstream.
     pub passthrough: Vec<String>,
+    /// Health and metrics listener; off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+}
+
+/// Reads one setting of a config as text, for comparing two configs.
+pub type ReadSetting = fn(&Config) -> String;
+
+/// Keys whose new value only takes effect after a restart, with a reader
+/// for comparing two configs. Everything else applies to the next request.
+pub const RESTART_KEYS: &[(&str, ReadSetting)] = &[
+    ("listen", |c| c.listen.to_string()),
+    ("dockerHost", |c| c.docker_host.clone()),
+    ("metadataURL", |c| format!("{:?}", c.metadata_url)),
+    ("stateDir", |c| c.state_dir.display().to_string()),
+    ("sessionDuration", |c| {
+        c.session_duration.as_secs().to_string()
+    }),
+    ("metricsListen", |c| format!("{:?}", c.metrics_listen)),
+    ("logFormat", |c| format!("{:?}", c.log_format)),
+    ("verbose", |c| c.verbose.to_string()),
+];
+
+impl Config {
+    /// The keys of `RESTART_KEYS` whose values differ between `self` and `next`.
+    pub fn needs_restart(&self, next: &Config) -> Vec<&'static str> {
+        RESTART_KEYS
+            .iter()
+            .filter(|(_, read)| read(self) != read(next))
+            .map(|(key, _)| *key)
+            .collect()
+    }
 }
 
 /// The alias map with its default and the default session policy.
@@ -317,6 +352,22 @@ impl Validator<'_> {
             }
         };
 
+        let metrics_listen = match self.optional_string("metricsListen")? {
+            None => None,
+            Some(text) => Some(
+                parse_listen(&text).map_err(|problem| self.invalid("metricsListen", problem))?,
+            ),
+        };
+        let log_format = match self.optional_string("logFormat")? {
+            None => LogFormat::Text,
+            Some(text) => LogFormat::parse(&text).ok_or_else(|| {
+                self.invalid(
+                    "logFormat",
+                    format!("\"{text}\" is not \"text\" or \"json\""),
+                )
+            })?,
+        };
+
         Ok(Config {
             source: None,
             roles: RoleMap {
@@ -335,6 +386,8 @@ impl Validator<'_> {
             session_duration: Duration::from_secs(session_secs),
             require_token: self.optional_bool("requireToken")?.unwrap_or(false),
             passthrough,
+            metrics_listen,
+            log_format,
         })
     }
 
@@ -577,6 +630,11 @@ mod tests {
                 "test.json: key \"passthrough\": \"meta-data\" would pass the host's identity or credentials through; list narrower categories",
             ),
             (
+                "an unknown log format",
+                r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a", "logFormat": "xml"}"#,
+                "test.json: key \"logFormat\": \"xml\" is not \"text\" or \"json\"",
+            ),
+            (
                 "a missing default alias",
                 r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}}"#,
                 "test.json: key \"defaultAlias\": is required",
@@ -595,6 +653,19 @@ mod tests {
         for (description, text, expected) in cases {
             assert_eq!(&error_of(text), expected, "case: {description}");
         }
+    }
+
+    #[test]
+    fn settings_that_cannot_change_live_are_named() {
+        let before = Config::parse(MINIMAL, "t").unwrap();
+        let after = Config::parse(
+            r#"{"aliasToARN": {"default": "arn:aws:iam::123456789012:role/Other"},
+                "defaultAlias": "default", "listen": ":9999", "logFormat": "json"}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(before.needs_restart(&after), vec!["listen", "logFormat"]);
+        assert!(before.needs_restart(&before.clone()).is_empty());
     }
 
     #[test]

@@ -8,13 +8,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 
+use crate::metrics::metrics;
 use crate::roles::RoleArn;
 
 /// A secret string whose `Debug` and `Display` never show it.
@@ -128,7 +129,12 @@ pub struct CredentialCache {
     sts: Arc<dyn AssumeRole>,
     timing: Timing,
     slots: RwLock<HashMap<RoleRequest, Arc<Slot>>>,
+    /// The last AssumeRole got no answer at all (network, DNS, timeout).
+    sts_unreachable: AtomicBool,
 }
+
+/// The error code for an AssumeRole that got no answer from STS.
+pub const NO_RESPONSE: &str = "NoResponse";
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -142,6 +148,17 @@ impl CredentialCache {
             sts,
             timing,
             slots: RwLock::new(HashMap::new()),
+            sts_unreachable: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether requests can be answered: STS reachable as far as we know, or
+    /// credentials cached to serve meanwhile.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.sts_unreachable.load(Ordering::Relaxed) && self.is_empty() {
+            Err("STS is unreachable and no credentials are cached".into())
+        } else {
+            Ok(())
         }
     }
 
@@ -185,9 +202,11 @@ impl CredentialCache {
         slot.last_used.store(unix_secs(now), Ordering::Relaxed);
         if let Some(current) = slot.current.load_full() {
             if !expires_within(current.expiration, self.timing.min_left, now) {
+                metrics().cache.with_label_values(&["hit"]).inc();
                 return Ok(current);
             }
         }
+        metrics().cache.with_label_values(&["miss"]).inc();
         let _loading = slot.loading.lock().await;
         // Whoever held the lock before us may have fetched them already.
         if let Some(current) = slot.current.load_full() {
@@ -204,7 +223,18 @@ impl CredentialCache {
         slot: &Slot,
         now: SystemTime,
     ) -> Result<Arc<Credentials>, StsError> {
-        match self.sts.assume_role(request, self.timing.duration).await {
+        let result = self.sts.assume_role(request, self.timing.duration).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.code.as_str(),
+        };
+        metrics().sts_calls.with_label_values(&[outcome]).inc();
+        // STS answering at all, even with an error, means it is reachable.
+        self.sts_unreachable.store(
+            matches!(&result, Err(e) if e.code == NO_RESPONSE),
+            Ordering::Relaxed,
+        );
+        match result {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
                 slot.current.store(Some(fresh.clone()));
@@ -360,7 +390,7 @@ impl AssumeRole for AwsSts {
                     service.message().unwrap_or("no message").to_string(),
                 ),
                 None => error(
-                    "NoResponse",
+                    NO_RESPONSE,
                     aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
                 ),
             })?;

@@ -259,6 +259,7 @@ impl ContainerIndex {
         for ip in contested {
             by_ip.remove(&ip);
         }
+        crate::metrics::metrics().containers.set(by_ip.len() as i64);
         self.by_ip.store(Arc::new(by_ip));
         self.unknown.lock().unwrap().clear();
         self.changed.notify_waiters();
@@ -327,6 +328,10 @@ impl Watcher {
                         None => return,
                     },
                 }
+            }
+            crate::metrics::metrics().event_stream_reconnects.inc();
+            if let Some(index) = self.index.upgrade() {
+                index.synced.store(false, Ordering::Relaxed);
             }
             self.wait_answering_requests(backoff).await;
         }

@@ -8,5 +8,8 @@ pub mod config;
 pub mod credentials;
 pub mod docker;
 pub mod imds;
+pub mod logging;
+pub mod metrics;
+pub mod reload;
 pub mod roles;
 pub mod server;

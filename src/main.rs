@@ -12,6 +12,8 @@ use ec2metaproxy::credentials::{spawn_refresher, AwsSts, CredentialCache, Timing
 use ec2metaproxy::docker::{ContainerIndex, DockerSource};
 use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::Imds;
+use ec2metaproxy::logging;
+use ec2metaproxy::metrics;
 use ec2metaproxy::server::{serve, Limits};
 
 /// Serves each Docker container the AWS credentials of the IAM role its
@@ -79,10 +81,10 @@ fn main() -> ExitCode {
     let default_level = if config.verbose { "debug" } else { "info" };
     // RUST_LOG wins over `verbose`. The AWS and HTTP crates stay at warn so that
     // debug never prints their request dumps.
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(format!("warn,ec2metaproxy={default_level}")),
-    )
-    .init();
+    logging::init(
+        config.log_format,
+        &format!("warn,ec2metaproxy={default_level}"),
+    );
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -137,15 +139,55 @@ async fn run(config: Config) -> ExitCode {
             .map_or("none".to_string(), |u| u.to_string()),
     );
 
+    let metrics_listener = match config.metrics_listen {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                eprintln!("error: cannot listen on {addr} (metricsListen): {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let index = ContainerIndex::watch(Arc::new(docker));
     let credentials = Arc::new(CredentialCache::new(
         Arc::new(sts),
         Timing::for_duration(config.session_duration),
     ));
     spawn_refresher(&credentials);
+    let source = config.source.clone();
     let config = Arc::new(ArcSwap::from_pointee(config));
+    if let Some(path) = source {
+        if let Err(error) = ec2metaproxy::reload::spawn(path.clone(), config.clone()) {
+            log::warn!(
+                "cannot watch {} for changes ({error}); reload with SIGHUP instead",
+                path.display()
+            );
+        }
+    }
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    if let Some(listener) = metrics_listener {
+        log::info!(
+            "health and metrics on http://{}/ (healthz, readyz, metrics)",
+            listener
+                .local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string())
+        );
+        let readiness = Arc::new(metrics::ProxyReadiness {
+            index: index.clone(),
+            credentials: credentials.clone(),
+        });
+        let mut stop = stop.clone();
+        tokio::spawn(metrics::serve(listener, readiness, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
     let imds = Arc::new(Imds::new(config, index, credentials, tokens));
-    serve(listener, imds, Limits::default(), shutdown_signal()).await;
+    serve(listener, imds, Limits::default(), async {
+        shutdown_signal().await;
+        let _ = stopping.send(true);
+    })
+    .await;
     log::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::imds::Imds;
+use crate::metrics::metrics;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -175,11 +176,7 @@ async fn handle(
     let started = Instant::now();
     let id = uuid::Uuid::new_v4();
     let (parts, _body) = request.into_parts();
-    log::info!(
-        "request id={id} remote={caller} method={} path={}",
-        parts.method,
-        parts.uri
-    );
+    log::info!(id:% = id, remote:% = caller, method:% = parts.method, path:% = parts.uri; "request");
     let reply = imds.respond(caller, &parts, SystemTime::now()).await;
     let mut response = reply.response;
     let mut id_text = uuid::Uuid::encode_buffer();
@@ -188,18 +185,28 @@ async fn handle(
         REQUEST_ID_HEADER,
         HeaderValue::from_str(id_text).expect("a UUID is a header value"),
     );
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
     let container = reply.container.as_ref().map_or("-", |c| c.name.as_str());
     let alias = reply.role.as_ref().map_or("-", |r| r.alias.as_str());
+    let status = response.status();
+    // Milliseconds to the microsecond: enough to read, short to write.
+    let ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
     match &reply.reason {
         None => log::info!(
-            "response id={id} status={} container={container} alias={alias} ms={elapsed_ms:.3}",
-            response.status().as_u16()
+            id:% = id, status = status.as_u16(), container, alias, ms; "response"
         ),
         Some(reason) => log::info!(
-            "response id={id} status={} container={container} alias={alias} ms={elapsed_ms:.3} reason=\"{reason}\"",
-            response.status().as_u16()
+            id:% = id, status = status.as_u16(), container, alias, ms, reason:% = reason; "response"
         ),
     }
+    let metrics = metrics();
+    metrics
+        .requests
+        .with_label_values(&[reply.route, status.as_str(), alias])
+        .inc();
+    metrics
+        .latency
+        .with_label_values(&[reply.route])
+        .observe(elapsed.as_secs_f64());
     Ok(response)
 }

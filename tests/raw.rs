@@ -42,9 +42,11 @@ pub(crate) fn ip(s: &str) -> IpAddr {
 /// Issues fixed credentials for one hour from `now()`, counting calls, or
 /// fails while `fail` is set.
 #[derive(Default)]
-struct FakeSts {
-    calls: Mutex<Vec<RoleRequest>>,
-    fail: Mutex<bool>,
+pub(crate) struct FakeSts {
+    pub(crate) calls: Mutex<Vec<RoleRequest>>,
+    pub(crate) fail: Mutex<bool>,
+    /// How long each call takes.
+    pub(crate) delay: Mutex<Duration>,
 }
 
 #[async_trait]
@@ -55,6 +57,8 @@ impl AssumeRole for FakeSts {
         duration: Duration,
     ) -> Result<Credentials, StsError> {
         self.calls.lock().unwrap().push(request.clone());
+        let delay = *self.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         if *self.fail.lock().unwrap() {
             return Err(StsError {
                 role_arn: request.role_arn.to_string(),
@@ -132,7 +136,7 @@ impl FakeUpstream {
 
 pub(crate) struct Fixture {
     pub(crate) imds: Arc<Imds>,
-    sts: Arc<FakeSts>,
+    pub(crate) sts: Arc<FakeSts>,
     pub(crate) tokens: TokenKey,
     pub(crate) upstream: FakeUpstream,
 }

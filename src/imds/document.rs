@@ -20,6 +20,16 @@ use crate::roles::RoleArn;
 const TIMESTAMP: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
 
+/// Log timestamps, with milliseconds.
+const TIMESTAMP_MILLIS: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+pub fn timestamp_millis(t: SystemTime) -> String {
+    OffsetDateTime::from(t)
+        .format(TIMESTAMP_MILLIS)
+        .expect("a SystemTime formats")
+}
+
 pub fn timestamp(t: SystemTime) -> String {
     OffsetDateTime::from(t)
         .format(TIMESTAMP)

@@ -40,6 +40,8 @@ pub struct Reply {
     pub role: Option<Arc<Role>>,
     /// Why the answer is not a plain 200; never holds a secret.
     pub reason: Option<Cow<'static, str>>,
+    /// The kind of route, for metrics: a fixed, low-cardinality name.
+    pub route: &'static str,
 }
 
 impl Reply {
@@ -49,6 +51,7 @@ impl Reply {
             container: None,
             role: None,
             reason: None,
+            route: "invalid",
         }
     }
 
@@ -105,6 +108,20 @@ impl Imds {
         };
         let config = self.config.load();
         let route = classify(&path, &config.passthrough);
+        let kind = route_kind(&route);
+        let mut reply = self.answer(caller, request, route, &config, now).await;
+        reply.route = kind;
+        reply
+    }
+
+    async fn answer(
+        &self,
+        caller: IpAddr,
+        request: &http::request::Parts,
+        route: Route,
+        config: &Config,
+        now: SystemTime,
+    ) -> Reply {
         let headers = &request.headers;
         let unix_now = now
             .duration_since(UNIX_EPOCH)
@@ -239,6 +256,19 @@ impl Imds {
             Ok(response) => Reply::new(response),
             Err(error) => Reply::status(StatusCode::BAD_GATEWAY, error.to_string()),
         }
+    }
+}
+
+fn route_kind(route: &Route) -> &'static str {
+    match route {
+        Route::Token { .. } => "token",
+        Route::IamIndex => "iam-index",
+        Route::IamInfo => "iam-info",
+        Route::RoleListing(_) => "role-listing",
+        Route::RoleCredentials(_, _) => "credentials",
+        Route::Passthrough(_) => "passthrough",
+        Route::Denied(_) => "denied",
+        Route::NotFound => "not-found",
     }
 }
 

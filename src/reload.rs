@@ -1,0 +1,221 @@
+//! Live reload of the config file, on SIGHUP and when the file changes.
+//!
+//! A new file is validated whole; only a valid one is swapped in, and the
+//! previous config keeps serving otherwise. Requests read the config through
+//! an `Arc` snapshot, so a swap drops no connection and no cached
+//! credentials: a container whose alias now names another role simply asks
+//! for a different cache key, and the old role's credentials are never served
+//! to it again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+
+use crate::config::Config;
+use crate::metrics::metrics;
+
+/// Editors write a file in bursts (truncate, write, rename): wait for quiet.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// What one reload did, for the log and for tests.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied { restart_needed: Vec<&'static str> },
+    Unchanged,
+    Refused(String),
+}
+
+/// Reads `path` and swaps it into `shared` when valid. Settings that cannot
+/// change live keep their running values and are reported.
+pub fn reload(path: &Path, shared: &ArcSwap<Config>) -> Outcome {
+    let current = shared.load_full();
+    let mut next = match Config::load(path) {
+        Ok(next) => next,
+        Err(error) => {
+            metrics().reloads.with_label_values(&["failed"]).inc();
+            let mut message = error.to_string();
+            if let Some(hint) = error.hint() {
+                message.push_str("; hint: ");
+                message.push_str(&hint);
+            }
+            log::error!("config reload refused, still serving the previous config: {message}");
+            return Outcome::Refused(message);
+        }
+    };
+    let restart_needed = current.needs_restart(&next);
+    for key in &restart_needed {
+        log::warn!(
+            "config key \"{key}\" changed in {}; it takes effect after a restart",
+            path.display()
+        );
+    }
+    // Keep what is running for the restart-only settings, so that what the
+    // config says and what the process does agree until the restart.
+    next.listen = current.listen;
+    next.docker_host = current.docker_host.clone();
+    next.metadata_url = current.metadata_url.clone();
+    next.state_dir = current.state_dir.clone();
+    next.session_duration = current.session_duration;
+    next.metrics_listen = current.metrics_listen;
+    next.log_format = current.log_format;
+    next.verbose = current.verbose;
+    if live_settings(&next) == live_settings(&current) {
+        return Outcome::Unchanged;
+    }
+    log::info!(
+        "config reloaded from {}: {} aliases, default \"{}\"",
+        path.display(),
+        next.roles.aliases.len(),
+        next.roles.default_alias
+    );
+    shared.store(Arc::new(next));
+    metrics().reloads.with_label_values(&["ok"]).inc();
+    Outcome::Applied { restart_needed }
+}
+
+type LiveSettings<'a> = (
+    std::collections::BTreeMap<&'a str, &'a str>,
+    &'a str,
+    Option<&'a str>,
+    bool,
+    &'a [String],
+);
+
+/// The settings a reload can change, in a comparable form.
+fn live_settings(config: &Config) -> LiveSettings<'_> {
+    (
+        config
+            .roles
+            .aliases
+            .iter()
+            .map(|(alias, role)| (alias.as_str(), role.arn.as_str()))
+            .collect(),
+        &config.roles.default_alias,
+        config.roles.default_policy.as_deref(),
+        config.require_token,
+        &config.passthrough,
+    )
+}
+
+/// Reloads on SIGHUP and on changes to `path` (watched through its
+/// directory, so editors that replace the file by rename are seen).
+pub fn spawn(path: PathBuf, shared: Arc<ArcSwap<Config>>) -> Result<(), notify::Error> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let file_name = path.file_name().map(|n| n.to_os_string());
+    let events = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let ours = event
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
+            if ours && !event.kind.is_access() {
+                let _ = events.send(());
+            }
+        }
+    })?;
+    let directory = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    watcher.watch(&directory, RecursiveMode::NonRecursive)?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(notify::Error::io)?;
+    tokio::spawn(async move {
+        // The watcher stops when dropped: it lives as long as this task.
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                Some(()) = rx.recv() => {
+                    // Let the burst of writes settle, then read once.
+                    tokio::time::sleep(SETTLE).await;
+                    while rx.try_recv().is_ok() {}
+                    log::debug!("{} changed on disk", path.display());
+                }
+                Some(()) = hangup.recv() => log::info!("SIGHUP: reloading {}", path.display()),
+                else => return,
+            }
+            reload(&path, &shared);
+        }
+    });
+    drop(tx);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str =
+        r#"{"aliasToARN": {"web": "arn:aws:iam::123456789012:role/Web"}, "defaultAlias": "web"}"#;
+    const REMAPPED: &str = r#"{"aliasToARN": {"web": "arn:aws:iam::123456789012:role/Other"}, "defaultAlias": "web", "listen": ":1"}"#;
+
+    fn setup() -> (tempfile::TempDir, PathBuf, ArcSwap<Config>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, GOOD).unwrap();
+        let shared = ArcSwap::from_pointee(Config::load(&path).unwrap());
+        (dir, path, shared)
+    }
+
+    #[test]
+    fn a_valid_file_is_swapped_in_and_restart_only_keys_are_reported() {
+        let (_dir, path, shared) = setup();
+        std::fs::write(&path, REMAPPED).unwrap();
+        assert_eq!(
+            reload(&path, &shared),
+            Outcome::Applied {
+                restart_needed: vec!["listen"]
+            }
+        );
+        let now = shared.load();
+        assert_eq!(now.roles.get("web").unwrap().arn.name(), "Other");
+        assert_eq!(
+            now.listen,
+            "0.0.0.0:18000".parse().unwrap(),
+            "still the running listen address"
+        );
+    }
+
+    #[test]
+    fn an_invalid_file_is_refused_with_the_check_message_and_the_old_config_stays() {
+        let (_dir, path, shared) = setup();
+        std::fs::write(
+            &path,
+            r#"{"aliasToARN": {"web": "nope"}, "defaultAlias": "web"}"#,
+        )
+        .unwrap();
+        let outcome = reload(&path, &shared);
+        let Outcome::Refused(message) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(message.ends_with("key \"aliasToARN.web\": \"nope\" is not an IAM role ARN (expected arn:aws:iam::ACCOUNT:role/NAME)"), "{message}");
+        assert_eq!(shared.load().roles.get("web").unwrap().arn.name(), "Web");
+    }
+
+    #[test]
+    fn an_identical_file_changes_nothing() {
+        let (_dir, path, shared) = setup();
+        assert_eq!(reload(&path, &shared), Outcome::Unchanged);
+    }
+
+    #[tokio::test]
+    async fn a_file_replaced_by_rename_is_picked_up() {
+        let (dir, path, shared) = setup();
+        let shared = Arc::new(shared);
+        spawn(path.clone(), shared.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // What vim and most editors do: write a new file, rename it over.
+        let temp = dir.path().join(".config.json.swp");
+        std::fs::write(&temp, REMAPPED).unwrap();
+        std::fs::rename(&temp, &path).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while shared.load().roles.get("web").unwrap().arn.name() != "Other" {
+            assert!(std::time::Instant::now() < deadline, "not reloaded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

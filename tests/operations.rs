@@ -1,0 +1,223 @@
+//! Operating the proxy: metrics that move, readiness that tells the truth,
+//! shutdown that finishes what it started.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use ec2metaproxy::credentials::{CredentialCache, Timing};
+use ec2metaproxy::docker::{
+    Container, ContainerIndex, ContainerSource, EventStream, PlatformError,
+};
+use ec2metaproxy::metrics::{self, ProxyReadiness, Readiness};
+use ec2metaproxy::server::{serve, Limits};
+
+use crate::raw::{container, fixture_with, FakeSts};
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+async fn metrics_listener(readiness: Arc<dyn Readiness>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(metrics::serve(listener, readiness, std::future::pending()));
+    addr
+}
+
+/// The value of one sample line in the Prometheus text format, or 0.
+fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+struct Always(Result<(), String>);
+
+impl Readiness for Always {
+    fn ready(&self) -> Result<(), String> {
+        self.0.clone()
+    }
+}
+
+/// A Docker that cannot be reached.
+struct Unreachable;
+
+#[async_trait]
+impl ContainerSource for Unreachable {
+    async fn connect(&self) -> Result<(), PlatformError> {
+        Err(PlatformError::Other("connection refused".into()))
+    }
+    async fn list(&self) -> Result<Vec<Container>, PlatformError> {
+        Err(PlatformError::Other("connection refused".into()))
+    }
+    async fn inspect(&self, _: &str) -> Result<Option<Container>, PlatformError> {
+        Err(PlatformError::Other("connection refused".into()))
+    }
+    fn events(&self) -> EventStream {
+        Box::pin(futures_util::stream::pending())
+    }
+    fn describe(&self) -> String {
+        "unreachable Docker".into()
+    }
+}
+
+/// A Docker with one container and no events.
+struct Static;
+
+#[async_trait]
+impl ContainerSource for Static {
+    async fn list(&self) -> Result<Vec<Container>, PlatformError> {
+        Ok(vec![container("one", "10.9.0.2", &[])])
+    }
+    async fn inspect(&self, _: &str) -> Result<Option<Container>, PlatformError> {
+        Ok(None)
+    }
+    fn events(&self) -> EventStream {
+        Box::pin(futures_util::stream::pending())
+    }
+    fn describe(&self) -> String {
+        "static".into()
+    }
+}
+
+#[tokio::test]
+async fn healthz_answers_while_the_process_is_up() {
+    let addr = metrics_listener(Arc::new(Always(Err("not yet".into())))).await;
+    assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(
+        get(addr, "/readyz").await,
+        (503, "not ready: not yet\n".into())
+    );
+    assert_eq!(get(addr, "/elsewhere").await.0, 404);
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_docker_is_unreachable_and_200_once_synced() {
+    let credentials = Arc::new(CredentialCache::new(
+        Arc::new(FakeSts::default()),
+        Timing::for_duration(Duration::from_secs(3600)),
+    ));
+    let down = metrics_listener(Arc::new(ProxyReadiness {
+        index: ContainerIndex::watch(Arc::new(Unreachable)),
+        credentials: credentials.clone(),
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        get(down, "/readyz").await,
+        (
+            503,
+            "not ready: the Docker container index is not synced\n".into()
+        )
+    );
+    let up = metrics_listener(Arc::new(ProxyReadiness {
+        index: ContainerIndex::watch(Arc::new(Static)),
+        credentials,
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(up, "/readyz").await, (200, "ready\n".into()));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_status_and_alias() {
+    let f = fixture_with(
+        "",
+        vec![container(
+            "scraped",
+            "127.0.0.1",
+            &[("ec2metaproxy.RoleAlias", "web")],
+        )],
+    )
+    .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        f.imds.clone(),
+        Limits::default(),
+        std::future::pending(),
+    ));
+    let scrape = metrics_listener(Arc::new(Always(Ok(())))).await;
+
+    let listing = r#"ec2metaproxy_requests_total{alias="web",route="role-listing",status="200"}"#;
+    let credentials =
+        r#"ec2metaproxy_requests_total{alias="web",route="credentials",status="200"}"#;
+    let (_, before) = get(scrape, "/metrics").await;
+    get(proxy, "/latest/meta-data/iam/security-credentials/").await;
+    get(proxy, "/latest/meta-data/iam/security-credentials/").await;
+    get(proxy, "/latest/meta-data/iam/security-credentials/Web").await;
+    let (status, after) = get(scrape, "/metrics").await;
+    assert_eq!(status, 200);
+    // Other tests in this process count too: compare differences, at least ours.
+    assert!(
+        sample(&after, listing) - sample(&before, listing) >= 2.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, credentials) - sample(&before, credentials) >= 1.0,
+        "{after}"
+    );
+    for name in [
+        "ec2metaproxy_request_duration_seconds_bucket",
+        "ec2metaproxy_sts_calls_total{result=\"ok\"}",
+        "ec2metaproxy_credential_cache_total{result=\"miss\"}",
+        "ec2metaproxy_containers_indexed",
+    ] {
+        assert!(after.contains(name), "{name} missing from:\n{after}");
+    }
+    assert!(!after.contains("scraped"), "no container names in labels");
+}
+
+/// SIGTERM's path: stop accepting, let the request in flight finish.
+#[tokio::test]
+async fn shutdown_finishes_a_request_in_flight() {
+    let f = fixture_with(
+        "",
+        vec![container(
+            "slow",
+            "127.0.0.1",
+            &[("ec2metaproxy.RoleAlias", "web")],
+        )],
+    )
+    .await;
+    *f.sts.delay.lock().unwrap() = Duration::from_millis(500);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, f.imds.clone(), Limits::default(), async {
+        let _ = stopped.await;
+    }));
+    let in_flight = tokio::spawn(get(addr, "/latest/meta-data/iam/security-credentials/Web"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("\"Code\" : \"Success\""));
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns once drained")
+        .unwrap();
+}
