@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::imds::local::LocalMetadata;
 use crate::logging::LogFormat;
 use crate::roles::{Role, RoleArn};
 
@@ -74,6 +75,7 @@ const KNOWN_KEYS: &[&str] = &[
     "passthrough",
     "metricsListen",
     "logFormat",
+    "localMetadata",
 ];
 
 /// A validated configuration. Cheap to share: handlers read it through an `Arc`.
@@ -95,6 +97,8 @@ pub struct Config {
     /// Health and metrics listener; off when `None`.
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
+    /// Overrides for the synthesised metadata tree (used when `metadataURL` is null).
+    pub local_metadata_overrides: Map<String, Value>,
 }
 
 /// Reads one setting of a config as text, for comparing two configs.
@@ -113,9 +117,26 @@ pub const RESTART_KEYS: &[(&str, ReadSetting)] = &[
     ("metricsListen", |c| format!("{:?}", c.metrics_listen)),
     ("logFormat", |c| format!("{:?}", c.log_format)),
     ("verbose", |c| c.verbose.to_string()),
+    ("localMetadata", |c| {
+        format!("{:?}", c.local_metadata_overrides)
+    }),
 ];
 
 impl Config {
+    /// The synthesised metadata tree: defaults (the given region, the default
+    /// role's account) with the config's `localMetadata` applied.
+    pub fn local_metadata(&self, region: &str) -> LocalMetadata {
+        let account = self
+            .roles
+            .get(&self.roles.default_alias)
+            .map_or("123456789012", |role| role.arn.account());
+        let mut local = LocalMetadata::with_defaults(region, account);
+        local
+            .apply(&self.local_metadata_overrides)
+            .expect("validated when the config was parsed");
+        local
+    }
+
     /// The keys of `RESTART_KEYS` whose values differ between `self` and `next`.
     pub fn needs_restart(&self, next: &Config) -> Vec<&'static str> {
         RESTART_KEYS
@@ -368,6 +389,22 @@ impl Validator<'_> {
             })?,
         };
 
+        let local_metadata_overrides = match self.map.get("localMetadata") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(overrides)) => {
+                LocalMetadata::with_defaults("us-east-1", "123456789012")
+                    .apply(overrides)
+                    .map_err(|problem| self.invalid("localMetadata", problem))?;
+                overrides.clone()
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    "localMetadata",
+                    format!("expected an object, found {}", kind(other)),
+                ))
+            }
+        };
+
         Ok(Config {
             source: None,
             roles: RoleMap {
@@ -388,6 +425,7 @@ impl Validator<'_> {
             passthrough,
             metrics_listen,
             log_format,
+            local_metadata_overrides,
         })
     }
 

@@ -182,7 +182,7 @@ async fn run(config: Config) -> ExitCode {
             let _ = stop.wait_for(|s| *s).await;
         }));
     }
-    let imds = Arc::new(Imds::new(config, index, credentials, tokens));
+    let imds = Arc::new(Imds::new(config, index, credentials, tokens, &region));
     serve(listener, imds, Limits::default(), async {
         shutdown_signal().await;
         let _ = stopping.send(true);

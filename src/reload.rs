@@ -62,6 +62,7 @@ pub fn reload(path: &Path, shared: &ArcSwap<Config>) -> Outcome {
     next.metrics_listen = current.metrics_listen;
     next.log_format = current.log_format;
     next.verbose = current.verbose;
+    next.local_metadata_overrides = current.local_metadata_overrides.clone();
     if live_settings(&next) == live_settings(&current) {
         return Outcome::Unchanged;
     }

@@ -185,6 +185,7 @@ pub(crate) async fn fixture_with(extra_config: &str, extra_containers: Vec<Conta
         ContainerIndex::fixed(containers),
         cache,
         tokens.clone(),
+        "us-east-1",
     );
     Fixture {
         imds: Arc::new(imds),
@@ -654,6 +655,52 @@ mod routing {
             let answer = f.send(WEB_IP, &format!("GET {path} HTTP/1.1\n")).await;
             assert!(!answer.body.contains("CANARY"), "{path}: {answer:#?}");
         }
+        assert_eq!(f.upstream.get_hits(), 0);
+    }
+
+    /// Outside EC2 (`"metadataURL": null`) SDKs looking for a region or an
+    /// identity document find one, and nothing else hangs or leaks.
+    #[tokio::test]
+    async fn with_no_metadata_service_a_local_tree_answers() {
+        let f = fixture_with(
+            r#", "metadataURL": null, "localMetadata": {"region": "eu-west-1"}"#,
+            vec![],
+        )
+        .await;
+        let region = f
+            .send(WEB_IP, "GET /latest/meta-data/placement/region HTTP/1.1\n")
+            .await;
+        assert_eq!(
+            region,
+            Answer {
+                status: 200,
+                headers: text_headers(),
+                body: "eu-west-1".into()
+            }
+        );
+        let identity = f
+            .send(
+                WEB_IP,
+                "GET /latest/dynamic/instance-identity/document HTTP/1.1\n",
+            )
+            .await;
+        let document: serde_json::Value = serde_json::from_str(&identity.body).unwrap();
+        assert_eq!(document["region"], "eu-west-1");
+        assert_eq!(
+            document["accountId"], "111111111111",
+            "the default role's account"
+        );
+        let unknown = f
+            .send(WEB_IP, "GET /latest/meta-data/public-ipv4 HTTP/1.1\n")
+            .await;
+        assert_refused(&unknown, 404, "not in the local tree");
+        let listing = f
+            .send(
+                WEB_IP,
+                "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\n",
+            )
+            .await;
+        assert_eq!(listing.body, "Web");
         assert_eq!(f.upstream.get_hits(), 0);
     }
 

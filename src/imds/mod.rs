@@ -7,6 +7,7 @@
 //! client should read as "no credentials here", 5xx only for real failures.
 
 pub mod document;
+pub mod local;
 pub mod path;
 pub mod token;
 pub mod upstream;
@@ -25,6 +26,7 @@ use crate::config::Config;
 use crate::credentials::{CredentialCache, RoleRequest};
 use crate::docker::{Container, ContainerIndex};
 use crate::roles::{assign, Assignment, Role};
+use local::LocalMetadata;
 use path::{canonicalize, classify, Flavor, Route, Version};
 use token::TokenKey;
 use upstream::Upstream;
@@ -76,6 +78,8 @@ pub struct Imds {
     credentials: Arc<CredentialCache>,
     tokens: TokenKey,
     upstream: Option<Upstream>,
+    /// The synthesised tree, when there is no upstream.
+    local: Option<LocalMetadata>,
 }
 
 impl Imds {
@@ -84,14 +88,19 @@ impl Imds {
         index: Arc<ContainerIndex>,
         credentials: Arc<CredentialCache>,
         tokens: TokenKey,
+        region: &str,
     ) -> Imds {
-        let upstream = config.load().metadata_url.as_ref().map(Upstream::new);
+        let current = config.load();
+        let upstream = current.metadata_url.as_ref().map(Upstream::new);
+        let local = upstream.is_none().then(|| current.local_metadata(region));
+        drop(current);
         Imds {
             config,
             index,
             credentials,
             tokens,
             upstream,
+            local,
         }
     }
 
@@ -192,7 +201,7 @@ impl Imds {
                         .await
                 }
             }
-            Route::Passthrough(path) => self.passthrough(&request.method, &path).await,
+            Route::Passthrough(path) => self.passthrough(&request.method, &path, now).await,
             Route::Denied(why) => Reply::status(StatusCode::NOT_FOUND, why),
             Route::Token { .. } | Route::NotFound => unreachable!("answered above"),
         };
@@ -248,9 +257,21 @@ impl Imds {
         }
     }
 
-    async fn passthrough(&self, method: &Method, path: &str) -> Reply {
+    async fn passthrough(&self, method: &Method, path: &str, now: SystemTime) -> Reply {
         let Some(upstream) = &self.upstream else {
-            return Reply::status(StatusCode::NOT_FOUND, "no metadata service is configured");
+            let Some(local) = &self.local else {
+                return Reply::status(StatusCode::NOT_FOUND, "no metadata service is configured");
+            };
+            // The canonical path: the version, then the segments asked for.
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).skip(1).collect();
+            let response = local.answer(&segments, now);
+            return match response.status() {
+                StatusCode::OK => Reply::new(response),
+                status => Reply {
+                    reason: Some("not in the local metadata tree".into()),
+                    ..Reply::new(document::status_page(status))
+                },
+            };
         };
         match upstream.fetch(method, path).await {
             Ok(response) => Reply::new(response),
