@@ -53,6 +53,7 @@ class E2E:
     run: harness.Run
     role_of: dict = field(default_factory=dict)   # alias -> role name
     arn_of: dict = field(default_factory=dict)    # alias -> role ARN
+    metrics_addr: tuple = ("127.0.0.1", 0)         # the proxy's metricsListen
 
     @property
     def proxy(self) -> harness.Proxy:
@@ -110,7 +111,9 @@ def e2e(request) -> E2E:
         env.arn_of[alias] = moto.create_role(role)
         env.role_of[alias] = role
     run.start_upstream(UPSTREAM_ROUTES)
-    run.start_proxy(dict(env.arn_of), DEFAULT_ALIAS)
+    env.metrics_addr = ("127.0.0.1", harness.free_port("127.0.0.1"))
+    run.start_proxy(dict(env.arn_of), DEFAULT_ALIAS,
+                    metricsListen="%s:%d" % env.metrics_addr)
     harness.log(f"proxy log: {run.proxy.log_path}; network {net.name}")
     return env
 

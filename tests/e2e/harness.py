@@ -331,14 +331,15 @@ class FakeUpstream:
 class Proxy:
     """The ec2metaproxy daemon under test, on the host, listening on the gateway IP."""
 
-    def __init__(self, run: "Run", listen_ip: str, config: dict, env: dict):
+    def __init__(self, run: "Run", listen_ip: str, config: dict, env: dict, name: str = "proxy"):
         self.run = run
+        self.name = name
         self.ip = listen_ip
         self.port = free_port(listen_ip)
         self.config = dict(config, listen=f"{listen_ip}:{self.port}")
-        self.config_path = run.tmp / "proxy.json"
+        self.config_path = run.tmp / f"{name}.json"
         self.config_path.write_text(json.dumps(self.config, indent=2))
-        self.log_path = run.tmp / "proxy.log"
+        self.log_path = run.tmp / f"{name}.log"
         self._log = open(self.log_path, "ab")
         self.argv = [str(proxy_bin()), "-c", str(self.config_path)]
         self.env = env
@@ -358,6 +359,18 @@ class Proxy:
                 f"proxy did not start listening on {self.ip}:{self.port} "
                 f"(exit code {self.proc.poll()}); argv={self.argv}\nconfig={json.dumps(self.config)}\n"
                 f"log tail:\n{self.tail()}")
+
+    def rewrite_config(self, config: dict) -> None:
+        """Replace the config file the way editors and config managers do: write a
+        new file beside it and rename it over the old one. `listen` is kept."""
+        self.config = dict(config, listen=f"{self.ip}:{self.port}")
+        tmp = self.config_path.with_suffix(".json.new")
+        tmp.write_text(json.dumps(self.config, indent=2))
+        os.replace(tmp, self.config_path)
+
+    def reload(self) -> None:
+        """Ask the running proxy to re-read its config (SIGHUP)."""
+        self.proc.send_signal(signal.SIGHUP)
 
     def restart(self) -> float:
         """SIGTERM the proxy, wait for it to exit, start it again with the same
@@ -602,8 +615,11 @@ class Run:
         return env
 
     def start_proxy(self, alias_to_arn: dict[str, str], default_alias: str,
-                    **extra) -> Proxy:
-        state = self.tmp / "state"
+                    name: str = "proxy", **extra) -> Proxy:
+        """Start a proxy on the gateway IP. The first one (name "proxy") is
+        `self.proxy`, the one containers reach through 169.254.169.254; others
+        (another name, their own log and stateDir) are reached by address."""
+        state = self.tmp / f"{name}-state"
         state.mkdir(mode=0o700, exist_ok=True)
         config = {
             "aliasToARN": alias_to_arn,
@@ -614,9 +630,11 @@ class Run:
             "stateDir": str(state),
         }
         config.update(extra)
-        self.proxy = Proxy(self, self.network.gateway, config, self.proxy_env())
-        log(f"proxy at {self.proxy.ip}:{self.proxy.port} (pid {self.proxy.proc.pid})")
-        return self.proxy
+        proxy = Proxy(self, self.network.gateway, config, self.proxy_env(), name=name)
+        if self.proxy is None:
+            self.proxy = proxy
+        log(f"{name} at {proxy.ip}:{proxy.port} (pid {proxy.proc.pid})")
+        return proxy
 
     # -- containers
 
