@@ -640,7 +640,7 @@ class Run:
 
     def run_container(self, short: str, alias: str | None = None, policy: str | None = None,
                       ip: str | None = None, labels: dict | None = None,
-                      redirect: bool = True, start: bool = True,
+                      redirect: bool | Proxy = True, start: bool = True,
                       network: Network | None = None) -> Container:
         name = f"{self.prefix}-{short}"
         all_labels = {RUN_LABEL: self.runid}
@@ -661,11 +661,13 @@ class Run:
             self.start_container(c, redirect=redirect)
         return c
 
-    def start_container(self, c: Container, redirect: bool = True) -> Container:
+    def start_container(self, c: Container, redirect: bool | Proxy = True) -> Container:
+        """Start `c`; `redirect` True points its 169.254.169.254 at the main proxy,
+        a Proxy at that one, False leaves it alone."""
         sh(["docker", "start", c.id])
         self.refresh(c)
         if redirect:
-            self.redirect_imds(c)
+            self.redirect_imds(c, redirect if isinstance(redirect, Proxy) else None)
         return c
 
     def refresh(self, c: Container) -> Container:
@@ -676,12 +678,14 @@ class Run:
         c.ip = out[1] if len(out) > 1 else ""
         return c
 
-    def redirect_imds(self, c: Container) -> None:
-        """DNAT 169.254.169.254:80 to the proxy inside the container's netns only."""
+    def redirect_imds(self, c: Container, proxy: Proxy | None = None) -> None:
+        """DNAT 169.254.169.254:80 to the proxy (default: the main one) inside the
+        container's netns only."""
+        proxy = proxy or self.proxy
         sh(["nsenter", "-t", str(c.pid), "-n", "--", "iptables", "-w", "5", "-t", "nat",
             "-A", "OUTPUT", "-d", f"{IMDS_IP}/32", "-p", "tcp", "--dport", "80",
             "-m", "comment", "--comment", self.comment,
-            "-j", "DNAT", "--to-destination", f"{self.proxy.ip}:{self.proxy.port}"])
+            "-j", "DNAT", "--to-destination", f"{proxy.ip}:{proxy.port}"])
         c.redirected = True
 
     def _unredirect(self, c: Container) -> None:

@@ -147,3 +147,27 @@ def test_json_log_format_is_one_object_per_line_with_paired_ids_and_no_secrets(
         rid = r.header("X-Request-Id")
         assert rid in reqs and rid in resps, f"id {rid} not paired in the JSON log:\n{text[-3000:]}"
     assert not any(s in text for s in secrets), "a secret is in the JSON log"
+
+
+def test_without_an_upstream_sdks_still_get_roles_and_basic_metadata(e2e, make_container):
+    """Off EC2 (metadataURL null) there is nothing to pass through to: SDKs that
+    look up region or instance facts still get answers, and credentials work as
+    on EC2. The host-credential routes stay 404."""
+    run = e2e.run
+    noup = run.start_proxy(dict(e2e.arn_of), "default", name="proxy-noupstream",
+                           metadataURL=None)
+    c = make_container("noupstream", alias="a", redirect=noup)
+    cli = run.aws_cli(c)
+    assert cli.ok and f"assumed-role/{e2e.role_of['a']}/" in cli.arn, e2e.ctx(cli)
+    rust = run.rust_client(c)
+    assert rust.ok and f"assumed-role/{e2e.role_of['a']}/" in rust.arn, e2e.ctx(rust)
+    iid, region, host_creds, ident = run.http(c, [
+        dict(method="GET", path="/latest/meta-data/instance-id"),
+        dict(method="GET", path="/latest/meta-data/placement/region"),
+        dict(method="GET", path="/latest/meta-data/iam/security-credentials/HostRole"),
+        dict(method="GET",
+             path="/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance"),
+    ])
+    assert iid.status == 200 and iid.body.startswith("i-"), run.context(iid)
+    assert region.status == 200 and region.body, run.context(region)
+    assert host_creds.status == 404 and ident.status == 404, run.context(host_creds, ident)
