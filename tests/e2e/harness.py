@@ -530,8 +530,16 @@ class Run:
         self.cleanup.push(lambda: sh(["docker", "rmi", "-f", self.image], check=False),
                           "remove image")
         env = dict(os.environ, DOCKER_BUILDKIT="0")
-        sh(["docker", "build", "-q", "-t", self.image, "--label", f"{RUN_LABEL}={self.runid}",
-            str(ctx)], env=env, timeout=120)
+        cp = sh(["docker", "build", "-q", "-t", self.image, "--label", f"{RUN_LABEL}={self.runid}",
+                 str(ctx)], env=env, timeout=120, check=False)
+        if cp.returncode != 0:
+            # A CLI without the legacy builder: the image is one file, so import it.
+            log(f"docker build failed ({cp.stderr.strip()[:200]}); using docker import")
+            tar = subprocess.run(["tar", "-C", str(ctx), "-c", "pause"], capture_output=True,
+                                 check=True).stdout
+            subprocess.run(["docker", "import", "--change", 'ENTRYPOINT ["/pause"]',
+                            "--change", f"LABEL {RUN_LABEL}={self.runid}", "-", self.image],
+                           input=tar, capture_output=True, check=True, timeout=120)
         return self.image
 
     # -- network
