@@ -1,0 +1,847 @@
+#!/usr/bin/env python3
+"""The ec2metaproxy benchmark driver (stdlib only); scripts/bench.sh runs it.
+
+For each container count N it starts a fake Docker Engine (bench/fake_docker.py)
+with N containers at 127.10.x.y, and measures the IMDSv1 credentials route
+  GET /latest/meta-data/iam/security-credentials/BenchRole
+with wrk (many keep-alive connections, each from a container's address through
+the bench/srcbind.c LD_PRELOAD shim) against:
+  (a) ec2metaproxy (release build), default logging and RUST_LOG=warn
+  (b) a bare hyper 1 server answering a document of the same size
+  (c) lyft's metadataproxy (gunicorn, gevent workers) on the same fake Docker
+and, for (a): p99 at half of (b)'s throughput (oha -q), peak RSS, time from
+process start to first served request, first-request latency of a container
+started during the run, and AssumeRole calls counted by bench/sts_counter.py
+in front of moto. Prints a table and writes docs/performance.md.
+
+It never fails because a machine is slow: it exits non-zero only when
+something could not be run at all.
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROLE = "BenchRole"
+PATH = "/latest/meta-data/iam/security-credentials/" + ROLE
+ALIASES = [
+    ("default", "111111111111"),
+    ("web", "222222222222"),
+    ("batch", "333333333333"),
+    ("worker", "444444444444"),
+]
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CHILDREN = []  # every process started here, stopped by pid at exit
+
+
+def log(message):
+    print("bench: " + message, flush=True)
+
+
+def container_ip(i):
+    return "127.10.%d.%d" % (i // 250, i % 250 + 1)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(name, argv, env=None, stdout=None, stderr=None, cwd=None):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        argv,
+        env=full_env,
+        stdout=stdout if stdout is not None else subprocess.DEVNULL,
+        stderr=stderr if stderr is not None else subprocess.DEVNULL,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    proc.bench_name = name
+    CHILDREN.append(proc)
+    return proc
+
+
+def stop(proc, timeout=5.0):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # its own group: start_new_session
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+    if proc in CHILDREN:
+        CHILDREN.remove(proc)
+
+
+def stop_all():
+    for proc in list(CHILDREN):
+        try:
+            stop(proc)
+        except Exception:
+            pass
+
+
+def wait_until(what, probe, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if probe():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError("%s did not come up within %.0f s" % (what, timeout))
+
+
+def get(port, path, source_ip=None, timeout=5.0):
+    """One GET; returns (status, body bytes). source_ip: bind the client there."""
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=timeout, source_address=(source_ip, 0) if source_ip else None
+    )
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def unix_get(sock_path, path):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(sock_path)
+    conn = http.client.HTTPConnection("localhost")
+    conn.sock = s
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def unix_post(sock_path, path, body):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(sock_path)
+    conn = http.client.HTTPConnection("localhost")
+    conn.sock = s
+    try:
+        data = json.dumps(body).encode()
+        conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def proc_status(pid):
+    """VmHWM and VmRSS in KiB for pid."""
+    out = {}
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(("VmHWM:", "VmRSS:")):
+                    key, value = line.split(":", 1)
+                    out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def tree_pids(pid):
+    """pid and its descendants (gunicorn's master and workers)."""
+    pids = [pid]
+    try:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+        for line in out.stdout.split():
+            pids += tree_pids(int(line))
+    except (OSError, ValueError):
+        pass
+    return pids
+
+
+def peak_rss_mib(pid):
+    return sum(proc_status(p).get("VmHWM", 0) for p in tree_pids(pid)) / 1024.0
+
+
+def sts_counts(counter_port):
+    status, body = get(counter_port, "/__bench/counts")
+    return json.loads(body) if status == 200 else {}
+
+
+def assume_role_calls(counter_port):
+    return sts_counts(counter_port).get("AssumeRole", 0)
+
+
+# ---------------------------------------------------------------- load tools
+
+UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_duration_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text.strip())
+    return float(m.group(1)) * UNIT[m.group(2)] if m else None
+
+
+def run_wrk(args, port, ips, seconds, connections):
+    env = {
+        "LD_PRELOAD": args.shim,
+        "SRCBIND_IPS": ",".join(ips),
+        "SRCBIND_PORT": str(port),
+    }
+    argv = [
+        args.wrk, "-t%d" % args.threads, "-c%d" % connections, "-d%ds" % seconds,
+        "--timeout", "5s", "--latency", "http://127.0.0.1:%d%s" % (port, PATH),
+    ]
+    full_env = dict(os.environ)
+    full_env.update(env)
+    load1 = os.getloadavg()[0]
+    out = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=seconds + 30)
+    text = out.stdout
+    result = {"tool": "wrk", "raw": text, "rps": None, "p50": None, "p99": None,
+              "non2xx": 0, "errors": 0, "requests": 0, "load1": load1}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if m:
+        result["rps"] = float(m.group(1))
+    for pct, key in (("50", "p50"), ("99", "p99")):
+        m = re.search(r"^\s+%s%%\s+(\S+)" % pct, text, re.M)
+        if m:
+            result[key] = parse_duration_ms(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if m:
+        result["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        result["errors"] = sum(int(g) for g in m.groups())
+    m = re.search(r"(\d+) requests in", text)
+    if m:
+        result["requests"] = int(m.group(1))
+    if result["rps"] is None:
+        result["problem"] = "wrk printed no result: %s" % (out.stderr.strip() or text.strip())[:300]
+    return result
+
+
+def run_oha(args, port, ips, seconds, connections, rate):
+    """Open-loop load at `rate` req/s (oha -q with latency correction)."""
+    env = dict(os.environ)
+    env.update({"LD_PRELOAD": args.shim, "SRCBIND_IPS": ",".join(ips), "SRCBIND_PORT": str(port)})
+    argv = [
+        args.oha, "-z", "%ds" % seconds, "-c", str(connections), "-q", str(int(rate)),
+        "--latency-correction", "--no-tui", "--output-format", "json",
+        "http://127.0.0.1:%d%s" % (port, PATH),
+    ]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    result = {"tool": "oha", "rate": rate, "rps": None, "p50": None, "p99": None, "non2xx": 0, "errors": 0}
+    try:
+        data = json.loads(out.stdout)
+    except ValueError:
+        result["problem"] = "oha printed no JSON: %s" % (out.stderr.strip() or out.stdout.strip())[:300]
+        return result
+    summary = data.get("summary", {})
+    result["rps"] = summary.get("requestsPerSec")
+    pct = data.get("latencyPercentiles", {})
+    if pct.get("p50") is not None:
+        result["p50"] = pct["p50"] * 1000.0
+    if pct.get("p99") is not None:
+        result["p99"] = pct["p99"] * 1000.0
+    codes = data.get("statusCodeDistribution", {})
+    result["non2xx"] = sum(v for k, v in codes.items() if not str(k).startswith("2"))
+    result["errors"] = sum((data.get("errorDistribution") or {}).values())
+    return result
+
+
+# ---------------------------------------------------------------- servers
+
+
+def warm_moto(port):
+    """One AssumeRole straight to moto (not counted): its first one loads the
+    STS backend and takes most of a second, which is moto's start-up, not the
+    proxies'."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        body = "Action=AssumeRole&Version=2011-06-15&RoleSessionName=warm&RoleArn=" + \
+            "arn:aws:iam::111111111111:role/" + ROLE
+        conn.request("POST", "/", body=body, headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sts/aws4_request, "
+                             "SignedHeaders=host, Signature=0",
+        })
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def write_proxy_config(tmp, port, docker_sock):
+    config = {
+        "aliasToARN": {a: "arn:aws:iam::%s:role/%s" % (acct, ROLE) for a, acct in ALIASES},
+        "defaultAlias": "default",
+        "dockerHost": "unix://" + docker_sock,
+        "listen": "127.0.0.1:%d" % port,
+        "metadataURL": None,
+        "stateDir": os.path.join(tmp, "state"),
+    }
+    path = os.path.join(tmp, "proxy-%d.json" % port)
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+    return path
+
+
+def aws_env(counter_port):
+    endpoint = "http://127.0.0.1:%d" % counter_port
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ENDPOINT_URL_STS": endpoint,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def timed_first_200(port, source_ip, started, timeout=30.0):
+    """Polls from source_ip until a 200; returns (ms to first HTTP answer, ms to first 200)."""
+    first_answer = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status, _ = get(port, PATH, source_ip, timeout=2)
+            now = time.monotonic()
+            if first_answer is None:
+                first_answer = (now - started) * 1000
+            if status == 200:
+                return first_answer, (now - started) * 1000
+        except OSError:
+            pass
+        time.sleep(0.002)
+    return first_answer, None
+
+
+def warm(port, ips, workers=16):
+    """One request from each address; returns (ok count, body size of a 200)."""
+    sizes = []
+
+    def one(ip):
+        for _ in range(3):
+            try:
+                status, body = get(port, PATH, ip, timeout=10)
+                if status == 200:
+                    return len(body)
+            except OSError:
+                time.sleep(0.05)
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        sizes = list(pool.map(one, ips))
+    ok = [s for s in sizes if s]
+    return len(ok), (ok[0] if ok else None)
+
+
+def new_container_latency(port, docker_sock, serial, delay):
+    """Starts a container in the fake Docker (emitting its start event), waits
+    `delay` s, then times the first request from its address."""
+    i = 60000 + serial
+    ip = "127.20.%d.%d" % (serial // 250, serial % 250 + 1)
+    alias, acct = ALIASES[serial % len(ALIASES)]
+    unix_post(docker_sock, "/bench/start", {
+        "id": "%064x" % (0xC0000000 + i), "name": "bench-new-%d" % serial,
+        "ip": ip, "alias": alias, "role": "%s@%s" % (ROLE, acct),
+    })
+    if delay:
+        time.sleep(delay)
+    t0 = time.monotonic()
+    try:
+        status, _ = get(port, PATH, ip, timeout=5)
+    except OSError as e:
+        return {"ms": None, "status": str(e)}
+    ms = (time.monotonic() - t0) * 1000
+    t1 = time.monotonic()
+    status2, _ = get(port, PATH, ip, timeout=5)
+    return {"ms": ms, "status": status, "second_ms": (time.monotonic() - t1) * 1000, "second_status": status2}
+
+
+# ---------------------------------------------------------------- the cases
+
+
+def bench_proxy(args, tmp, n, docker_sock, counter_port, load_ips, log_level, extra):
+    port = free_port()
+    config = write_proxy_config(tmp, port, docker_sock)
+    env = aws_env(counter_port)
+    env["AWS_REGION"] = "us-east-1"
+    env.pop("RUST_LOG", None)
+    if log_level:
+        env["RUST_LOG"] = log_level
+    else:
+        os.environ.pop("RUST_LOG", None)
+    label = "RUST_LOG=%s" % log_level if log_level else "default logging"
+    # The log goes to a file, as it would to a log file or journald.
+    log_path = os.path.join(tmp, "proxy-n%d-%s.log" % (n, log_level or "info"))
+    log_file = open(log_path, "wb")
+    calls_before = assume_role_calls(counter_port)
+    started = time.monotonic()
+    proc = start("ec2metaproxy", [args.proxy, "-c", config], env=env, stderr=log_file)
+    first_answer, first_200 = timed_first_200(port, load_ips[0], started)
+    if first_200 is None:
+        stop(proc)
+        log_file.close()
+        tail = open(log_path, "rb").read()[-2000:].decode("utf-8", "replace")
+        raise RuntimeError("ec2metaproxy never served credentials; its log ends:\n" + tail)
+    all_ips = [container_ip(i) for i in range(n)]
+    ok, size = warm(port, all_ips)
+    result = {
+        "label": label, "startup_answer_ms": first_answer, "startup_200_ms": first_200,
+        "warm_ok": ok, "size": size,
+    }
+    log("(a) ec2metaproxy, %s: first answer %.0f ms, first 200 %.0f ms after start; %d/%d containers warm"
+        % (label, first_answer or -1, first_200, ok, n))
+    if args.profile and log_level == "warn":
+        result["perf"] = profile(args, proc.pid, port, load_ips, tmp, n)
+    result["load"] = run_wrk(args, port, load_ips, args.seconds, args.connections)
+    if extra.get("rate"):
+        result["rated"] = run_oha(args, port, load_ips, args.seconds, args.connections, extra["rate"])
+    result["rss_mib"] = peak_rss_mib(proc.pid)
+    if extra.get("new_containers"):
+        result["new_now"] = new_container_latency(port, docker_sock, extra["serial"], 0)
+        result["new_later"] = new_container_latency(port, docker_sock, extra["serial"] + 1, 0.3)
+    result["assume_role"] = assume_role_calls(counter_port) - calls_before
+    result["alive"] = proc.poll() is None
+    stop(proc)
+    log_file.close()
+    result["log_bytes"] = os.path.getsize(log_path)
+    os.unlink(log_path)  # can be hundreds of MB at info level
+    return result
+
+
+def profile(args, pid, port, load_ips, tmp, n):
+    """perf record on the proxy under a short load; returns the top symbols."""
+    data = os.path.join(tmp, "perf-%d.data" % n)
+    rec = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", data],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    run_wrk(args, port, load_ips, 5, args.connections)
+    rec.send_signal(signal.SIGINT)
+    rec.wait(30)
+    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "1.5",
+                          "-g", "none", "--sort", "symbol"], capture_output=True, text=True)
+    return out.stdout
+
+
+def bench_baseline(args, size, load_ips):
+    port = free_port()
+    proc = start("bench_baseline", [args.baseline, "127.0.0.1:%d" % port, str(size)])
+    wait_until("bench_baseline", lambda: get(port, PATH)[0] == 200, 10)
+    served = len(get(port, PATH)[1])
+    load = run_wrk(args, port, load_ips, args.seconds, args.connections)
+    result = {"load": load, "size": served}
+    if args.oha and load.get("rps"):
+        # The same open-loop run as (a)'s: what the load generator itself adds.
+        result["rated"] = run_oha(args, port, load_ips, args.seconds, args.connections, load["rps"] / 2)
+    result["rss_mib"] = peak_rss_mib(proc.pid)
+    stop(proc)
+    return result
+
+
+def docker_lists(sock):
+    return json.loads(unix_get(sock, "/bench/stats")[1]).get("list", 0)
+
+
+def bench_lyft(args, tmp, n, docker_sock, counter_port, load_ips):
+    if not args.lyft_venv:
+        return {"problem": "no venv for lyft's metadataproxy (see scripts/bench.sh output)"}
+    gunicorn = os.path.join(args.lyft_venv, "bin", "gunicorn")
+    if not os.path.exists(gunicorn):
+        return {"problem": "gunicorn is not installed in %s" % args.lyft_venv}
+    port = free_port()
+    env = aws_env(counter_port)
+    env.update({
+        "MOCK_API": "true",
+        "DOCKER_URL": "unix://" + docker_sock,
+        "DEFAULT_ACCOUNT_ID": ALIASES[0][1],
+        "AWS_DEFAULT_REGION": "us-east-1",
+    })
+    # metadataproxy builds https://sts.<AWS_REGION>.amazonaws.com itself when
+    # AWS_REGION is set, which would bypass moto: leave it unset.
+    full_env = {k: v for k, v in os.environ.items() if k not in ("AWS_REGION", "DEFAULT_ROLE")}
+    full_env.update(env)
+    log_path = os.path.join(tmp, "lyft-n%d.log" % n)
+    log_file = open(log_path, "wb")
+    calls_before = assume_role_calls(counter_port)
+    started = time.monotonic()
+    # As its README runs it: gunicorn metadataproxy:app --workers=2 -k gevent
+    proc = subprocess.Popen(
+        [gunicorn, "metadataproxy:app", "--workers=2", "-k", "gevent", "-b", "127.0.0.1:%d" % port,
+         "--no-control-socket"],
+        env=full_env, stdout=log_file, stderr=log_file, cwd=tmp, start_new_session=True,
+    )
+    proc.bench_name = "metadataproxy"
+    CHILDREN.append(proc)
+    first_answer, first_200 = timed_first_200(port, load_ips[0], started, timeout=60)
+    if first_200 is None:
+        stop(proc)
+        log_file.close()
+        tail = open(log_path, "rb").read()[-1500:].decode("utf-8", "replace")
+        return {"problem": "metadataproxy never served credentials (first answer: %s); its log ends: %s"
+                % (first_answer, tail.strip())}
+    # Each gunicorn worker keeps its own IP -> container map, filled by listing
+    # and inspecting Docker on a miss: load it from the same addresses until a
+    # round passes without a container list (every worker knows every
+    # address), within a bounded time.
+    warm_t0 = time.monotonic()
+    rounds = []
+    lists = docker_lists(docker_sock)
+    while time.monotonic() - warm_t0 < args.lyft_warmup_max:
+        rounds.append(run_wrk(args, port, load_ips, args.lyft_warmup, args.connections))
+        now_lists = docker_lists(docker_sock)
+        if now_lists == lists:
+            break
+        lists = now_lists
+    result = {
+        "startup_answer_ms": first_answer, "startup_200_ms": first_200,
+        "warmup_s": time.monotonic() - warm_t0, "warmup_rounds": len(rounds),
+        "warm": bool(rounds) and docker_lists(docker_sock) == lists,
+    }
+    result["load"] = run_wrk(args, port, load_ips, args.seconds, args.connections)
+    result["rss_mib"] = peak_rss_mib(proc.pid)
+    result["new_now"] = new_container_latency(port, docker_sock, 500 + n % 97, 0)
+    result["assume_role"] = assume_role_calls(counter_port) - calls_before
+    stop(proc)
+    log_file.close()
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(value, spec="%.0f", none="n/a"):
+    return none if value is None else spec % value
+
+
+def ms(value):
+    if value is None:
+        return "n/a"
+    return "%.3f ms" % value if value < 1 else ("%.2f ms" % value if value < 10 else "%.1f ms" % value)
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+            mem = "%.1f GiB" % (kib / 1024 / 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "mem": mem, "kernel": platform.release()}
+
+
+def tool_version(argv):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "n/a"
+
+
+def row(name, r):
+    load = (r or {}).get("load") or {}
+    bad = load.get("non2xx", 0) + load.get("errors", 0)
+    note = load.get("problem") or (r or {}).get("problem") or ""
+    if bad:
+        note = ("%d non-2xx/errors of %d. " % (bad, load.get("requests", 0)) + note).strip()
+    if load.get("load1") is not None:
+        note = ("load %.1f before. " % load["load1"] + note).strip()
+    return "| %s | %s | %s | %s | %s | %s |" % (
+        name, fmt(load.get("rps")), ms(load.get("p50")), ms(load.get("p99")),
+        fmt((r or {}).get("rss_mib"), "%.1f MiB"), note)
+
+
+def ratio(a, b):
+    try:
+        return a["load"]["rps"] / b["load"]["rps"]
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def report(args, results, wall, started_at):
+    m = machine()
+    lines = []
+    out = lines.append
+    out("# Performance")
+    out("")
+    out("Measured by `make bench` (`scripts/bench.sh`, driver `bench/run.py`) on %s UTC; "
+        "the whole run took %.0f s." % (started_at.strftime("%Y-%m-%d %H:%M"), wall))
+    out("")
+    out("Machine: %s cores (`nproc`), %s, %s memory, Linux %s. Load generator and servers share these cores."
+        % (m["nproc"], m["cpu"], m["mem"], m["kernel"]))
+    out("")
+    out("Command: `make bench` (= `scripts/bench.sh`; `BENCH_SECONDS=%d BENCH_CONNECTIONS=%d "
+        "BENCH_ADDRESSES=%d BENCH_NS=%s`). "
+        "Load: `%s`, %d threads, %d keep-alive connections, %d s per case, each connection from a "
+        "container's address (127.10.x.y, LD_PRELOAD shim `bench/srcbind.c`); open-loop rate: `%s`."
+        % (args.seconds, args.connections, args.addresses, ",".join(map(str, args.ns)),
+           tool_version([args.wrk, "-v"]), args.threads, args.connections, args.seconds,
+           tool_version([args.oha, "--version"]) if args.oha else "not available"))
+    out("")
+    out("Route: `GET %s` (IMDSv1), credentials cached (every container asked once before the run)." % PATH)
+    out("")
+    for n in args.ns:
+        r = results[n]
+        a, aw, b, c = r.get("a"), r.get("a_warn"), r.get("b"), r.get("c")
+        out("## N = %d containers" % n)
+        out("")
+        size = (a or {}).get("size")
+        out("Distinct source addresses in the load: %d. Response body: %s bytes (the baseline serves the same size)."
+            % (len(r["load_ips"]), size))
+        out("")
+        out("| server | requests/s | p50 | p99 | peak RSS | notes |")
+        out("| --- | ---: | ---: | ---: | ---: | --- |")
+        out(row("(a) ec2metaproxy, default logging (info)", a))
+        out(row("(a) ec2metaproxy, `RUST_LOG=warn`", aw))
+        out(row("(b) bare hyper 1 baseline", b))
+        out(row("(c) lyft metadataproxy (gunicorn, 2 gevent workers)", c))
+        out("")
+        for key, name in (("b", "(b) baseline"), ("a", "(a) default logging"), ("a_warn", "(a) RUST_LOG=warn")):
+            x = r.get(key) or {}
+            rated = x.get("rated") or {}
+            if rated:
+                out("- %s at %s req/s open-loop (half of (b)): achieved %s req/s, p50 %s, p99 %s%s."
+                    % (name, fmt(rated.get("rate")), fmt(rated.get("rps")), ms(rated.get("p50")),
+                       ms(rated.get("p99")),
+                       "; %s" % rated["problem"] if rated.get("problem") else
+                       ("; %d non-2xx/errors" % (rated["non2xx"] + rated["errors"])
+                        if rated.get("non2xx") or rated.get("errors") else "")))
+        for key, name in (("a", "default logging"), ("a_warn", "RUST_LOG=warn")):
+            x = r.get(key) or {}
+            out("- Ratios, %s: (a)/(b) = %s, (a)/(c) = %s." % (
+                name, fmt(ratio(x, b), "%.2f"), fmt(ratio(x, c), "%.1f")))
+        if a:
+            out("- (a) start-up: first HTTP answer %s, first 200 credentials %s after the process was started "
+                "(includes the Docker list and one AssumeRole)." % (ms(a.get("startup_answer_ms")),
+                                                                      ms(a.get("startup_200_ms"))))
+            for key, what in (("new_now", "asked right after its `start` event was sent"),
+                              ("new_later", "asked 300 ms after its `start` event")):
+                nc = a.get(key)
+                if nc:
+                    out("- (a) new container, %s: first request %s (status %s), second %s."
+                        % (what, ms(nc.get("ms")), nc.get("status"), ms(nc.get("second_ms"))))
+            out("- (a) AssumeRole calls: %s during the default-logging proxy's life (%d containers + 2 started "
+                "later = %d cache keys, one per container session), %s during the `RUST_LOG=warn` one."
+                % (a.get("assume_role"), n, n + 2, (aw or {}).get("assume_role")))
+            out("- (a) info log written: %.0f MB for the run." % (a.get("log_bytes", 0) / 1e6))
+        if c and not c.get("problem"):
+            out("- (c) start-up: first 200 %s; warm-up (each worker maps IP -> container by listing and "
+                "inspecting) %.1f s in %d rounds%s; new container first request %s; AssumeRole calls %s."
+                % (ms(c.get("startup_200_ms")), c.get("warmup_s", 0), c.get("warmup_rounds", 0),
+                   "" if c.get("warm") else " (still listing Docker when the warm-up time ran out)",
+                   ms((c.get("new_now") or {}).get("ms")), c.get("assume_role")))
+        elif c:
+            out("- (c) could not be measured: %s" % c["problem"])
+        out("")
+    # Targets
+    out("## Targets (issue 4)")
+    out("")
+    out("| target | measured | met |")
+    out("| --- | --- | --- |")
+    big = max(args.ns)
+    rb = results[big]
+    checks = []
+    for n in args.ns:
+        r = results[n]
+        for key, name in (("a", "info"), ("a_warn", "warn")):
+            q = ratio(r.get(key) or {}, r.get("b") or {})
+            checks.append(("cached throughput >= 0.8x baseline (N=%d, %s)" % (n, name),
+                           fmt(q, "%.2fx"), q is not None and q >= 0.8))
+    for n in args.ns:
+        for key, name in (("a", "info"), ("a_warn", "warn")):
+            rated = (results[n].get(key) or {}).get("rated") or {}
+            p99 = rated.get("p99")
+            achieved = rated.get("rps") and rated.get("rate") and rated["rps"] >= 0.95 * rated["rate"]
+            checks.append(("p99 < 1 ms at half baseline throughput (N=%d, %s)" % (n, name),
+                           "%s at %s req/s" % (ms(p99), fmt(rated.get("rps"))),
+                           p99 is not None and p99 < 1.0 and bool(achieved)))
+    for n in args.ns:
+        for key, name in (("a", "info"), ("a_warn", "warn")):
+            q = ratio(results[n].get(key) or {}, results[n].get("c") or {})
+            checks.append(("throughput >= 20x lyft metadataproxy (N=%d, %s)" % (n, name),
+                           fmt(q, "%.0fx"), q is not None and q >= 20))
+    rss = (rb.get("a") or {}).get("rss_mib")
+    checks.append(("RSS < 20 MB at N=%d" % big, fmt(rss, "%.1f MiB"), rss is not None and rss * 1.048576 < 20))
+    for n in args.ns:
+        calls = [(results[n].get(k) or {}).get("assume_role") for k in ("a", "a_warn")]
+        keys = n + 2
+        ok = all(c is not None and c <= keys for c in calls)
+        checks.append(("<= 1 AssumeRole per key per refresh window (N=%d)" % n,
+                       "%s calls for %d keys per proxy run" % (" and ".join(map(str, calls)), keys), ok))
+    for name, measured, ok in checks:
+        out("| %s | %s | %s |" % (name, measured, "yes" if ok else "**no**"))
+    out("")
+    notes = os.path.join(HERE, "NOTES.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            out(f.read().rstrip())
+        out("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    parser = argparse.ArgumentParser(description="ec2metaproxy benchmark")
+    parser.add_argument("--proxy", required=True)
+    parser.add_argument("--baseline", required=True)
+    parser.add_argument("--moto-venv", required=True)
+    parser.add_argument("--lyft-venv")
+    parser.add_argument("--shim", required=True)
+    parser.add_argument("--wrk", default=shutil.which("wrk"))
+    parser.add_argument("--oha", default=shutil.which("oha"))
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--lyft-warmup", type=int, default=3, help="seconds per warm-up round")
+    parser.add_argument("--lyft-warmup-max", type=int, default=60)
+    parser.add_argument("--addresses", type=int, default=64,
+                        help="distinct container addresses the load comes from (at most N)")
+    parser.add_argument("--connections", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ns", default="10,1000")
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "performance.md"))
+    parser.add_argument("--profile", action="store_true", help="perf record the warn proxy")
+    parser.add_argument("--skip-lyft", action="store_true")
+    args = parser.parse_args()
+    args.ns = [int(x) for x in args.ns.split(",")]
+    for key in ("proxy", "baseline", "moto_venv", "lyft_venv", "shim"):
+        if getattr(args, key):
+            setattr(args, key, os.path.abspath(getattr(args, key)))
+    if not args.wrk:
+        log("wrk is not installed (apt-get install wrk)")
+        return 2
+    started_at = datetime.datetime.now(datetime.timezone.utc)
+    t_start = time.monotonic()
+    tmp = tempfile.mkdtemp(prefix="ec2mp-bench-")
+    results = {}
+    try:
+        moto_port, counter_port = free_port(), free_port()
+        start("moto", [os.path.join(args.moto_venv, "bin", "moto_server"), "-H", "127.0.0.1",
+                       "-p", str(moto_port)])
+        start("sts_counter", [sys.executable, os.path.join(HERE, "sts_counter.py"),
+                              "--listen-port", str(counter_port), "--upstream-port", str(moto_port)])
+        wait_until("moto", lambda: get(moto_port, "/moto-api/")[0] < 500, 60)
+        wait_until("sts counter", lambda: get(counter_port, "/__bench/counts")[0] == 200, 10)
+        warm_moto(moto_port)
+        log("moto on 127.0.0.1:%d behind the AssumeRole counter on :%d" % (moto_port, counter_port))
+        for n in args.ns:
+            r = results[n] = {}
+            sock = os.path.join(tmp, "docker-%d.sock" % n)
+            start("fake_docker", [sys.executable, os.path.join(HERE, "fake_docker.py"), "--socket", sock,
+                                  "--count", str(n), "--aliases",
+                                  ",".join("%s=%s@%s" % (a, ROLE, acct) for a, acct in ALIASES)])
+            wait_until("fake docker", lambda: unix_get(sock, "/_ping")[0] == 200, 10)
+            load_ips = [container_ip(i) for i in range(min(n, args.addresses))]
+            r["load_ips"] = load_ips
+            log("N=%d: fake Docker up with %d containers; load from %d addresses" % (n, n, len(load_ips)))
+            a = r["a"] = bench_proxy(args, tmp, n, sock, counter_port, load_ips, None,
+                                     {"new_containers": True, "serial": 10 * n % 997})
+            size = a["size"]
+            log("(a) default logging: %s req/s, p50 %s, p99 %s, RSS %.1f MiB"
+                % (fmt(a["load"]["rps"]), ms(a["load"]["p50"]), ms(a["load"]["p99"]), a["rss_mib"]))
+            b = r["b"] = bench_baseline(args, size, load_ips)
+            log("(b) baseline (%d-byte body): %s req/s, p50 %s, p99 %s"
+                % (size, fmt(b["load"]["rps"]), ms(b["load"]["p50"]), ms(b["load"]["p99"])))
+            half = (b["load"]["rps"] or 0) / 2
+            rate = {"rate": half} if (args.oha and half) else {}
+            aw = r["a_warn"] = bench_proxy(args, tmp, n, sock, counter_port, load_ips, "warn", rate)
+            log("(a) RUST_LOG=warn: %s req/s, p50 %s, p99 %s"
+                % (fmt(aw["load"]["rps"]), ms(aw["load"]["p50"]), ms(aw["load"]["p99"])))
+            if rate:
+                # The as-shipped logging too, at the same rate.
+                port_note = bench_rated_info(args, tmp, n, sock, counter_port, load_ips, half)
+                a["rated"] = port_note
+            for key in ("b", "a_warn", "a"):
+                x = r[key].get("rated")
+                if x:
+                    log("%s at %.0f req/s open-loop: achieved %s, p50 %s, p99 %s" % (
+                        {"b": "(b) baseline", "a": "(a) default logging", "a_warn": "(a) RUST_LOG=warn"}[key],
+                        x["rate"], fmt(x["rps"]), ms(x["p50"]), ms(x["p99"])))
+            if args.skip_lyft:
+                r["c"] = {"problem": "skipped (--skip-lyft)"}
+            else:
+                c = r["c"] = bench_lyft(args, tmp, n, sock, counter_port, load_ips)
+                if c.get("problem"):
+                    log("(c) metadataproxy: %s" % c["problem"])
+                else:
+                    log("(c) metadataproxy: %s req/s, p50 %s, p99 %s (after %.1f s warm-up)"
+                        % (fmt(c["load"]["rps"]), ms(c["load"]["p50"]), ms(c["load"]["p99"]), c["warmup_s"]))
+            status, body = unix_get(sock, "/bench/stats")
+            r["docker_stats"] = json.loads(body)
+            for proc in list(CHILDREN):
+                if proc.bench_name == "fake_docker":
+                    stop(proc)
+        r = None
+        wall = time.monotonic() - t_start
+        text = report(args, results, wall, started_at)
+        print()
+        print(text)
+        if args.out:
+            os.makedirs(os.path.dirname(args.out), exist_ok=True)
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+            log("wrote %s" % os.path.relpath(args.out, ROOT))
+        with open(os.path.join(tmp, "results.json"), "w") as f:
+            json.dump(results, f, indent=1, default=str)
+        log("raw results: %s/results.json; wall time %.0f s" % (tmp, wall))
+        return 0
+    except Exception as e:  # report what could not run, then fail
+        log("could not run: %s" % e)
+        return 1
+    finally:
+        stop_all()
+
+
+def bench_rated_info(args, tmp, n, sock, counter_port, load_ips, rate):
+    """Only the open-loop run, with the default (info) logging."""
+    port = free_port()
+    config = write_proxy_config(tmp, port, sock)
+    env = aws_env(counter_port)
+    env["AWS_REGION"] = "us-east-1"
+    os.environ.pop("RUST_LOG", None)
+    log_path = os.path.join(tmp, "proxy-rated-%d.log" % n)
+    with open(log_path, "wb") as log_file:
+        proc = start("ec2metaproxy", [args.proxy, "-c", config], env=env, stderr=log_file)
+        try:
+            timed_first_200(port, load_ips[0], time.monotonic())
+            warm(port, load_ips)
+            return run_oha(args, port, load_ips, args.seconds, args.connections, rate)
+        finally:
+            stop(proc)
+            os.unlink(log_path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Benchmark (issue 4): ec2metaproxy vs a bare hyper server vs lyft's
+# metadataproxy, on a fake Docker Engine and moto, all on loopback.
+# Prints the figures and writes docs/performance.md. Never fails because the
+# machine is slow; exits non-zero only when something could not run.
+#
+# Needs: cargo, python3 with venv, gcc, wrk (Debian: apt-get install wrk).
+# Installs on first use: .venv-bench/{moto,lyft} from PyPI, and oha
+# (`cargo install oha`, several minutes once) for the fixed-rate run.
+#
+# Env: BENCH_SECONDS=10      seconds per measured case
+#      BENCH_CONNECTIONS=128 keep-alive connections
+#      BENCH_ADDRESSES=64    container addresses the load comes from (at most N)
+#      BENCH_NS=10,1000      container counts
+#      BENCH_NO_OHA=1        skip installing oha (no fixed-rate p99 then)
+#      BENCH_PROFILE=1       also perf-record the RUST_LOG=warn proxy
+#      BENCH_SKIP_LYFT=1     leave out lyft's metadataproxy
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+VENV=.venv-bench
+started=$(date +%s)
+
+need() {
+    local missing=()
+    for t in cargo python3 gcc; do
+        command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+    done
+    if ! command -v wrk >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "==> apt-get install wrk"
+            apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null 2>&1 || true
+        fi
+        command -v wrk >/dev/null 2>&1 || missing+=("wrk")
+    fi
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "bench: missing tools: ${missing[*]} (Debian: apt-get install wrk gcc python3-venv)" >&2
+        exit 2
+    fi
+}
+
+# venv NAME REQUIREMENTS [extra pip args for a second, --no-deps install]
+venv() {
+    local dir="$VENV/$1" reqs="$2" want have=""
+    want="$(cat "$reqs" | sha256sum | cut -d' ' -f1)"
+    [ -f "$dir/.requirements.sha256" ] && have="$(cat "$dir/.requirements.sha256")"
+    if [ "$want" != "$have" ]; then
+        echo "==> $dir: pip install -r $reqs"
+        [ -x "$dir/bin/python" ] || python3 -m venv "$dir" || return 1
+        "$dir/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs" || return 1
+        if [ "$1" = lyft ]; then
+            "$dir/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+                metadataproxy==2.2.0 || return 1
+        fi
+        echo "$want" > "$dir/.requirements.sha256"
+    fi
+}
+
+need
+venv moto bench/requirements-moto.txt
+LYFT_ARGS=()
+if [ -z "${BENCH_SKIP_LYFT:-}" ]; then
+    if venv lyft bench/requirements-lyft.txt; then
+        LYFT_ARGS=(--lyft-venv "$VENV/lyft")
+    else
+        echo "bench: could not install lyft's metadataproxy; measuring without it" >&2
+        LYFT_ARGS=(--skip-lyft)
+    fi
+else
+    LYFT_ARGS=(--skip-lyft)
+fi
+
+OHA="$(command -v oha || true)"
+if [ -z "$OHA" ] && [ -x "$HOME/.cargo/bin/oha" ]; then OHA="$HOME/.cargo/bin/oha"; fi
+if [ -z "$OHA" ] && [ -z "${BENCH_NO_OHA:-}" ]; then
+    echo "==> cargo install oha --locked (once; for the fixed-rate p99)"
+    if cargo install --quiet oha --locked; then OHA="$HOME/.cargo/bin/oha"; else
+        echo "bench: oha did not install; the fixed-rate p99 is left out" >&2
+    fi
+fi
+
+echo "==> cargo build --release (proxy and examples/bench_baseline.rs)"
+cargo build --release --quiet
+cargo build --release --quiet --example bench_baseline
+mkdir -p target/bench
+gcc -O2 -shared -fPIC -o target/bench/libsrcbind.so bench/srcbind.c -ldl
+
+echo "==> bench/run.py"
+set +e
+python3 bench/run.py \
+    --proxy target/release/ec2metaproxy \
+    --baseline target/release/examples/bench_baseline \
+    --moto-venv "$VENV/moto" \
+    --shim "$PWD/target/bench/libsrcbind.so" \
+    ${OHA:+--oha "$OHA"} \
+    --seconds "${BENCH_SECONDS:-10}" \
+    --connections "${BENCH_CONNECTIONS:-128}" \
+    --addresses "${BENCH_ADDRESSES:-64}" \
+    --ns "${BENCH_NS:-10,1000}" \
+    ${BENCH_PROFILE:+--profile} \
+    "${LYFT_ARGS[@]}"
+rc=$?
+echo "==> make bench took $(( $(date +%s) - started )) s (exit $rc)"
+exit $rc
