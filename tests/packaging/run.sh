@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Packaging tests: the Docker image and the host firewall script, on real
+# containers (tests/packaging, using the e2e harness in tests/e2e/harness.py).
+#
+#   test_firewall*.py  scripts/setup-firewall.sh on a test bridge: a container's
+#                      plain request to 169.254.169.254 reaches the proxy
+#                      (target/debug/ec2metaproxy) through the host's DNAT
+#   test_image.py      `LOCAL_BASES=1 make docker` (two stages, base images built
+#                      locally with debootstrap, no registry), then the image run
+#                      with the Docker socket and --network host serves a
+#                      container its role's credentials from moto's STS
+#
+# Needs: root, Docker, iptables, nsenter, gcc + libc6-dev (the pause image),
+# python3-venv, debootstrap (Debian: apt-get install -y debootstrap).
+# Everything a run creates is named ec2mp-pkg-<runid>-..., labelled, and removed
+# at the end, pass or fail; the base images ec2metaproxy-local/* are kept and
+# reused (scripts/local-base-images.sh --rebuild replaces them).
+#
+# Usage: tests/packaging/run.sh [pytest args...]     e.g. -k firewall
+# Env:   EC2MP_PKG_IMAGE=repo:tag    test an existing image instead of building one
+#        EC2MP_PKG_GIT_REF=REF       the ref to build (default HEAD; "." = work tree)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if ! command -v debootstrap >/dev/null 2>&1 && [ -z "${EC2MP_PKG_IMAGE:-}" ]; then
+    echo "packaging: debootstrap is needed for the local base images: apt-get install -y debootstrap" >&2
+    exit 2
+fi
+# The venv (moto, boto3, the AWS CLI, pytest) and the debug proxy, as for e2e.
+scripts/e2e.sh --setup-only
+echo "==> pytest tests/packaging"
+exec .venv/bin/python -m pytest tests/packaging -v "$@"
