@@ -160,7 +160,7 @@ def proc_status(pid):
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
-                if line.startswith(("VmHWM:", "VmRSS:")):
+                if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:")):
                     key, value = line.split(":", 1)
                     out[key] = int(value.split()[0])
     except OSError:
@@ -203,7 +203,20 @@ def parse_duration_ms(text):
     return float(m.group(1)) * UNIT[m.group(2)] if m else None
 
 
-def run_wrk(args, port, ips, seconds, connections):
+def cpu_seconds(pids):
+    """User + system CPU seconds of pids (from /proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(args, port, ips, seconds, connections, pid=None):
     env = {
         "LD_PRELOAD": args.shim,
         "SRCBIND_IPS": ",".join(ips),
@@ -216,7 +229,10 @@ def run_wrk(args, port, ips, seconds, connections):
     full_env = dict(os.environ)
     full_env.update(env)
     load1 = os.getloadavg()[0]
+    pids = tree_pids(pid) if pid else []
+    cpu0 = cpu_seconds(pids)
     out = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=seconds + 30)
+    cpu = cpu_seconds(pids) - cpu0
     text = out.stdout
     result = {"tool": "wrk", "raw": text, "rps": None, "p50": None, "p99": None,
               "non2xx": 0, "errors": 0, "requests": 0, "load1": load1}
@@ -236,6 +252,10 @@ def run_wrk(args, port, ips, seconds, connections):
     m = re.search(r"(\d+) requests in", text)
     if m:
         result["requests"] = int(m.group(1))
+        if pids and result["requests"]:
+            # Server CPU per request: unlike req/s, barely moved by other work
+            # on the machine.
+            result["cpu_us"] = cpu / result["requests"] * 1e6
     if result["rps"] is None:
         result["problem"] = "wrk printed no result: %s" % (out.stderr.strip() or text.strip())[:300]
     return result
@@ -302,7 +322,12 @@ def write_proxy_config(tmp, port, docker_sock):
         "metadataURL": None,
         "stateDir": os.path.join(tmp, "state"),
     }
-    path = os.path.join(tmp, "proxy-%d.json" % port)
+    # The config gets a directory of its own: the proxy watches the config's
+    # directory for changes, and a log file written beside it would wake that
+    # watcher on every line.
+    conf_dir = os.path.join(tmp, "conf")
+    os.makedirs(conf_dir, exist_ok=True)
+    path = os.path.join(conf_dir, "proxy-%d.json" % port)
     with open(path, "w") as f:
         json.dump(config, f, indent=2)
     return path
@@ -416,10 +441,11 @@ def bench_proxy(args, tmp, n, docker_sock, counter_port, load_ips, log_level, ex
         % (label, first_answer or -1, first_200, ok, n))
     if args.profile and log_level == "warn":
         result["perf"] = profile(args, proc.pid, port, load_ips, tmp, n)
-    result["load"] = run_wrk(args, port, load_ips, args.seconds, args.connections)
+    result["load"] = run_wrk(args, port, load_ips, args.seconds, args.connections, proc.pid)
     if extra.get("rate"):
         result["rated"] = run_oha(args, port, load_ips, args.seconds, args.connections, extra["rate"])
     result["rss_mib"] = peak_rss_mib(proc.pid)
+    result["rss_now"] = proc_status(proc.pid)
     if extra.get("new_containers"):
         result["new_now"] = new_container_latency(port, docker_sock, extra["serial"], 0)
         result["new_later"] = new_container_latency(port, docker_sock, extra["serial"] + 1, 0.3)
@@ -451,7 +477,7 @@ def bench_baseline(args, size, load_ips):
     proc = start("bench_baseline", [args.baseline, "127.0.0.1:%d" % port, str(size)])
     wait_until("bench_baseline", lambda: get(port, PATH)[0] == 200, 10)
     served = len(get(port, PATH)[1])
-    load = run_wrk(args, port, load_ips, args.seconds, args.connections)
+    load = run_wrk(args, port, load_ips, args.seconds, args.connections, proc.pid)
     result = {"load": load, "size": served}
     if args.oha and load.get("rps"):
         # The same open-loop run as (a)'s: what the load generator itself adds.
@@ -520,7 +546,7 @@ def bench_lyft(args, tmp, n, docker_sock, counter_port, load_ips):
         "warmup_s": time.monotonic() - warm_t0, "warmup_rounds": len(rounds),
         "warm": bool(rounds) and docker_lists(docker_sock) == lists,
     }
-    result["load"] = run_wrk(args, port, load_ips, args.seconds, args.connections)
+    result["load"] = run_wrk(args, port, load_ips, args.seconds, args.connections, proc.pid)
     result["rss_mib"] = peak_rss_mib(proc.pid)
     result["new_now"] = new_container_latency(port, docker_sock, 500 + n % 97, 0)
     result["assume_role"] = assume_role_calls(counter_port) - calls_before
@@ -578,9 +604,17 @@ def row(name, r):
         note = ("%d non-2xx/errors of %d. " % (bad, load.get("requests", 0)) + note).strip()
     if load.get("load1") is not None:
         note = ("load %.1f before. " % load["load1"] + note).strip()
-    return "| %s | %s | %s | %s | %s | %s |" % (
+    return "| %s | %s | %s | %s | %s | %s | %s |" % (
         name, fmt(load.get("rps")), ms(load.get("p50")), ms(load.get("p99")),
-        fmt((r or {}).get("rss_mib"), "%.1f MiB"), note)
+        fmt(load.get("cpu_us"), "%.1f µs"), fmt((r or {}).get("rss_mib"), "%.1f MiB"), note)
+
+
+def cpu_ratio(b, a):
+    """How much CPU (b) spends per request relative to (a): (a)/(b) were both CPU-bound."""
+    try:
+        return b["load"]["cpu_us"] / a["load"]["cpu_us"]
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
 
 
 def ratio(a, b):
@@ -621,8 +655,8 @@ def report(args, results, wall, started_at):
         out("Distinct source addresses in the load: %d. Response body: %s bytes (the baseline serves the same size)."
             % (len(r["load_ips"]), size))
         out("")
-        out("| server | requests/s | p50 | p99 | peak RSS | notes |")
-        out("| --- | ---: | ---: | ---: | ---: | --- |")
+        out("| server | requests/s | p50 | p99 | server CPU per request | peak RSS | notes |")
+        out("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
         out(row("(a) ec2metaproxy, default logging (info)", a))
         out(row("(a) ec2metaproxy, `RUST_LOG=warn`", aw))
         out(row("(b) bare hyper 1 baseline", b))
@@ -640,8 +674,8 @@ def report(args, results, wall, started_at):
                         if rated.get("non2xx") or rated.get("errors") else "")))
         for key, name in (("a", "default logging"), ("a_warn", "RUST_LOG=warn")):
             x = r.get(key) or {}
-            out("- Ratios, %s: (a)/(b) = %s, (a)/(c) = %s." % (
-                name, fmt(ratio(x, b), "%.2f"), fmt(ratio(x, c), "%.1f")))
+            out("- Ratios, %s: (a)/(b) = %s, (a)/(c) = %s; by server CPU per request, (b)/(a) = %s." % (
+                name, fmt(ratio(x, b), "%.2f"), fmt(ratio(x, c), "%.1f"), fmt(cpu_ratio(b, x), "%.2f")))
         if a:
             out("- (a) start-up: first HTTP answer %s, first 200 credentials %s after the process was started "
                 "(includes the Docker list and one AssumeRole)." % (ms(a.get("startup_answer_ms")),
@@ -656,6 +690,12 @@ def report(args, results, wall, started_at):
                 "later = %d cache keys, one per container session), %s during the `RUST_LOG=warn` one."
                 % (a.get("assume_role"), n, n + 2, (aw or {}).get("assume_role")))
             out("- (a) info log written: %.0f MB for the run." % (a.get("log_bytes", 0) / 1e6))
+            now = a.get("rss_now") or {}
+            if now:
+                out("- (a) memory after the run: RSS %.1f MiB = %.1f MiB anonymous (heap, stacks) + %.1f MiB "
+                    "file-backed (the mapped binary and libraries); peak %.1f MiB."
+                    % (now.get("VmRSS", 0) / 1024, now.get("RssAnon", 0) / 1024, now.get("RssFile", 0) / 1024,
+                       now.get("VmHWM", 0) / 1024))
         if c and not c.get("problem"):
             out("- (c) start-up: first 200 %s; warm-up (each worker maps IP -> container by listing and "
                 "inspecting) %.1f s in %d rounds%s; new container first request %s; AssumeRole calls %s."
