@@ -115,6 +115,9 @@ const JITTER_FRACTION: u32 = 10;
 /// Still-valid credentials are served during an STS failure only while they
 /// have at least this long left: clients need time to use them.
 const STALE_FLOOR: Duration = Duration::from_secs(5 * 60);
+/// After a failed AssumeRole, requests holding still-valid credentials are
+/// answered from the cache for this long instead of waiting on STS again.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
 /// A key nobody asked for in this long is dropped at the next sweep.
 const IDLE_DROP: Duration = Duration::from_secs(2 * 60 * 60);
 
@@ -122,6 +125,8 @@ struct Slot {
     current: ArcSwapOption<Credentials>,
     loading: tokio::sync::Mutex<()>,
     last_used: AtomicU64,
+    /// Unix seconds of the last failed AssumeRole (0: none since the last success).
+    failed_at: AtomicU64,
     jitter: Duration,
 }
 
@@ -185,6 +190,7 @@ impl CredentialCache {
                     current: ArcSwapOption::empty(),
                     loading: tokio::sync::Mutex::new(()),
                     last_used: AtomicU64::new(0),
+                    failed_at: AtomicU64::new(0),
                     jitter,
                 })
             })
@@ -207,6 +213,17 @@ impl CredentialCache {
             }
         }
         metrics().cache.with_label_values(&["miss"]).inc();
+        // STS just failed for this key and the credentials in hand are still
+        // good: serve them now rather than make the client wait on STS again.
+        // The background sweep keeps trying.
+        let failed_at = slot.failed_at.load(Ordering::Relaxed);
+        if failed_at != 0 && unix_secs(now).saturating_sub(failed_at) < FAILURE_BACKOFF.as_secs() {
+            if let Some(stale) = slot.current.load_full() {
+                if !expires_within(stale.expiration, STALE_FLOOR, now) {
+                    return Ok(stale);
+                }
+            }
+        }
         let _loading = slot.loading.lock().await;
         // Whoever held the lock before us may have fetched them already.
         if let Some(current) = slot.current.load_full() {
@@ -232,6 +249,14 @@ impl CredentialCache {
         // STS answering at all, even with an error, means it is reachable.
         self.sts_unreachable.store(
             matches!(&result, Err(e) if e.code == NO_RESPONSE),
+            Ordering::Relaxed,
+        );
+        slot.failed_at.store(
+            if result.is_ok() {
+                0
+            } else {
+                unix_secs(now).max(1)
+            },
             Ordering::Relaxed,
         );
         match result {
@@ -293,6 +318,15 @@ impl CredentialCache {
             .into_iter()
             .filter(|ok| !ok)
             .count()
+    }
+
+    /// Drops every key of a session (a container that is gone), so its
+    /// credentials are never served again and never refreshed.
+    pub fn forget_session(&self, session_name: &str) {
+        self.slots
+            .write()
+            .unwrap()
+            .retain(|request, _| &*request.session_name != session_name);
     }
 
     /// Number of keys cached.
@@ -611,6 +645,39 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "AssumeRole arn:aws:iam::123456789012:role/R (session a) failed: Throttling: Rate exceeded"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_requests_get_valid_credentials_without_waiting_on_sts() {
+        let sts = CountingSts::new(Duration::ZERO);
+        let cache = CredentialCache::new(sts.clone(), Timing::for_duration(HOUR));
+        cache.get(&request("a"), at(0)).await.unwrap();
+        *sts.failing.lock().unwrap() = true;
+        cache.get(&request("a"), at(31 * 60)).await.unwrap();
+        assert_eq!(sts.calls(), 2, "the first request past min_left tries STS");
+        for s in 0..10 {
+            let served = cache.get(&request("a"), at(31 * 60 + s)).await.unwrap();
+            assert_eq!(served.access_key_id, "ASIA1");
+        }
+        assert_eq!(sts.calls(), 2, "then the cache answers during the backoff");
+        cache.get(&request("a"), at(31 * 60 + 31)).await.unwrap();
+        assert_eq!(sts.calls(), 3, "after the backoff a request tries again");
+    }
+
+    #[tokio::test]
+    async fn a_gone_containers_sessions_are_forgotten() {
+        let sts = CountingSts::new(Duration::ZERO);
+        let cache = CredentialCache::new(sts.clone(), Timing::for_duration(HOUR));
+        cache.get(&request("a"), at(0)).await.unwrap();
+        cache.get(&request("b"), at(0)).await.unwrap();
+        cache.forget_session("a");
+        assert_eq!(cache.len(), 1);
+        cache.get(&request("a"), at(1)).await.unwrap();
+        assert_eq!(
+            sts.calls(),
+            3,
+            "a new container with that session starts fresh"
         );
     }
 

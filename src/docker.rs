@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::roles::session_name;
 
@@ -127,7 +127,19 @@ pub struct ContainerIndex {
     synced: AtomicBool,
     /// Woken on every publish, for lookups waiting on an address.
     changed: tokio::sync::Notify,
+    /// Containers that appeared or went, for prefetching and cache cleanup.
+    changes: broadcast::Sender<IndexChange>,
 }
+
+/// A container that appeared in (or changed in) the index, or left it.
+#[derive(Debug, Clone)]
+pub enum IndexChange {
+    Up(Arc<Container>),
+    Gone(Arc<Container>),
+}
+
+/// Changes queued for a slow subscriber before the oldest are dropped.
+const CHANGES_BUFFER: usize = 4096;
 
 impl ContainerIndex {
     /// An index that never changes: for tests and for callers without a platform.
@@ -138,6 +150,7 @@ impl ContainerIndex {
             unknown: Mutex::new(HashMap::new()),
             synced: AtomicBool::new(true),
             changed: tokio::sync::Notify::new(),
+            changes: broadcast::channel(1).0,
         };
         index.publish(
             &containers
@@ -157,6 +170,7 @@ impl ContainerIndex {
             unknown: Mutex::new(HashMap::new()),
             synced: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
+            changes: broadcast::channel(CHANGES_BUFFER).0,
         });
         // The task holds a weak reference so dropping the index stops it.
         let weak = Arc::downgrade(&index);
@@ -166,6 +180,7 @@ impl ContainerIndex {
                 index: weak,
                 refresh_rx: rx,
                 by_id: HashMap::new(),
+                published: HashMap::new(),
                 last_list: None,
             }
             .run()
@@ -225,6 +240,11 @@ impl ContainerIndex {
         found
     }
 
+    /// Containers appearing and leaving from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<IndexChange> {
+        self.changes.subscribe()
+    }
+
     /// Number of container addresses indexed.
     pub fn len(&self) -> usize {
         self.by_ip.load().len()
@@ -271,6 +291,8 @@ struct Watcher {
     index: std::sync::Weak<ContainerIndex>,
     refresh_rx: mpsc::Receiver<RefreshRequest>,
     by_id: HashMap<String, Arc<Container>>,
+    /// `by_id` as last published, to tell subscribers what changed.
+    published: HashMap<String, Arc<Container>>,
     last_list: Option<Instant>,
 }
 
@@ -416,10 +438,23 @@ impl Watcher {
         }
     }
 
-    fn publish(&self) {
-        if let Some(index) = self.index.upgrade() {
-            index.publish(&self.by_id);
+    fn publish(&mut self) {
+        let Some(index) = self.index.upgrade() else {
+            return;
+        };
+        index.publish(&self.by_id);
+        for (id, container) in &self.by_id {
+            let known = self.published.get(id);
+            if known.is_none_or(|old| !Arc::ptr_eq(old, container)) {
+                let _ = index.changes.send(IndexChange::Up(container.clone()));
+            }
         }
+        for (id, container) in &self.published {
+            if !self.by_id.contains_key(id) {
+                let _ = index.changes.send(IndexChange::Gone(container.clone()));
+            }
+        }
+        self.published = self.by_id.clone();
     }
 }
 
@@ -698,6 +733,26 @@ mod tests {
             1,
             "events need no list"
         );
+    }
+
+    #[tokio::test]
+    async fn subscribers_hear_of_containers_that_start_and_go() {
+        let (source, events) = FakeSource::new(vec![container("a", "10.0.0.2")]);
+        let index = ContainerIndex::watch(source.clone());
+        let mut changes = index.subscribe();
+        settle().await;
+        assert!(matches!(changes.recv().await.unwrap(), IndexChange::Up(c) if c.id == "a"));
+        source
+            .running
+            .lock()
+            .unwrap()
+            .push(container("b", "10.0.0.3"));
+        events
+            .send(Ok(ContainerEvent::Changed("b".into())))
+            .unwrap();
+        assert!(matches!(changes.recv().await.unwrap(), IndexChange::Up(c) if c.id == "b"));
+        events.send(Ok(ContainerEvent::Gone("a".into()))).unwrap();
+        assert!(matches!(changes.recv().await.unwrap(), IndexChange::Gone(c) if c.id == "a"));
     }
 
     #[tokio::test]

@@ -182,7 +182,9 @@ async fn run(config: Config) -> ExitCode {
             let _ = stop.wait_for(|s| *s).await;
         }));
     }
+    let changes = index.subscribe();
     let imds = Arc::new(Imds::new(config, index, credentials, tokens, &region));
+    ec2metaproxy::imds::spawn_prefetcher(imds.clone(), changes);
     serve(listener, imds, Limits::default(), async {
         shutdown_signal().await;
         let _ = stopping.send(true);

@@ -221,3 +221,57 @@ async fn shutdown_finishes_a_request_in_flight() {
         .expect("serve returns once drained")
         .unwrap();
 }
+
+/// A container's first request finds its credentials already fetched: the
+/// prefetcher acts on the index's start notice.
+#[tokio::test]
+async fn a_started_container_finds_its_credentials_ready() {
+    let sts = Arc::new(FakeSts::default());
+    *sts.clock.lock().unwrap() = std::time::SystemTime::now();
+    let config = ec2metaproxy::config::Config::parse(
+        r#"{"aliasToARN": {"d": "arn:aws:iam::111111111111:role/D"}, "defaultAlias": "d", "metadataURL": null}"#,
+        "t",
+    )
+    .unwrap();
+    let cache = Arc::new(CredentialCache::new(
+        sts.clone(),
+        Timing::for_duration(Duration::from_secs(3600)),
+    ));
+    let index = ContainerIndex::watch(Arc::new(Static));
+    let changes = index.subscribe();
+    let imds = Arc::new(ec2metaproxy::imds::Imds::new(
+        Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+        index,
+        cache.clone(),
+        ec2metaproxy::imds::token::TokenKey::random(),
+        "us-east-1",
+    ));
+    ec2metaproxy::imds::spawn_prefetcher(imds.clone(), changes);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while sts.calls.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no prefetch");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        &*sts.calls.lock().unwrap()[0].session_name,
+        "one-one012345678"
+    );
+    let request = http::Request::get("/latest/meta-data/iam/security-credentials/D")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let reply = imds
+        .respond(
+            "10.9.0.2".parse().unwrap(),
+            &request,
+            std::time::SystemTime::now(),
+        )
+        .await;
+    assert_eq!(reply.response.status(), 200);
+    assert_eq!(
+        sts.calls.lock().unwrap().len(),
+        1,
+        "the request was a cache hit"
+    );
+}

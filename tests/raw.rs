@@ -41,8 +41,9 @@ pub(crate) fn ip(s: &str) -> IpAddr {
 
 /// Issues fixed credentials for one hour from `now()`, counting calls, or
 /// fails while `fail` is set.
-#[derive(Default)]
 pub(crate) struct FakeSts {
+    /// When credentials are issued; the fixed test clock unless a test says otherwise.
+    pub(crate) clock: Mutex<SystemTime>,
     pub(crate) calls: Mutex<Vec<RoleRequest>>,
     pub(crate) fail: Mutex<bool>,
     /// How long each call takes.
@@ -58,6 +59,7 @@ impl AssumeRole for FakeSts {
     ) -> Result<Credentials, StsError> {
         self.calls.lock().unwrap().push(request.clone());
         let delay = *self.delay.lock().unwrap();
+        let issued = *self.clock.lock().unwrap();
         tokio::time::sleep(delay).await;
         if *self.fail.lock().unwrap() {
             return Err(StsError {
@@ -71,9 +73,20 @@ impl AssumeRole for FakeSts {
             access_key_id: "ASIAEXAMPLE".into(),
             secret_access_key: Secret::new(SECRET),
             session_token: Secret::new(SESSION_TOKEN),
-            expiration: now() + duration,
-            last_updated: now(),
+            expiration: issued + duration,
+            last_updated: issued,
         })
+    }
+}
+
+impl Default for FakeSts {
+    fn default() -> FakeSts {
+        FakeSts {
+            clock: Mutex::new(now()),
+            calls: Mutex::default(),
+            fail: Mutex::default(),
+            delay: Mutex::default(),
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use http_body_util::Full;
 
 use crate::config::Config;
 use crate::credentials::{CredentialCache, RoleRequest};
-use crate::docker::{Container, ContainerIndex};
+use crate::docker::{Container, ContainerIndex, IndexChange};
 use crate::roles::{assign, Assignment, Role};
 use local::LocalMetadata;
 use path::{canonicalize, classify, Flavor, Route, Version};
@@ -208,6 +208,34 @@ impl Imds {
         reply.with(&container, Some(role))
     }
 
+    /// Fetches a container's credentials ahead of its first request, so that
+    /// request is a cache hit. Errors are only logged: the request path will
+    /// try again and answer for itself.
+    pub async fn prefetch(&self, container: &Container) {
+        let config = self.config.load_full();
+        let Ok(assignment) = assign(&config.roles, container) else {
+            return;
+        };
+        let request = RoleRequest {
+            role_arn: assignment.role.arn.clone(),
+            policy: assignment.policy,
+            session_name: container.session_name.clone(),
+        };
+        match self.credentials.get(&request, SystemTime::now()).await {
+            Ok(_) => log::debug!(
+                "prefetched credentials of {} for container {}",
+                request.role_arn,
+                container.name
+            ),
+            Err(error) => log::warn!("prefetch for container {}: {error}", container.name),
+        }
+    }
+
+    /// Forgets the credentials of a container that is gone.
+    pub fn forget(&self, container: &Container) {
+        self.credentials.forget_session(&container.session_name);
+    }
+
     fn issue_token(
         &self,
         caller: IpAddr,
@@ -278,6 +306,40 @@ impl Imds {
             Err(error) => Reply::status(StatusCode::BAD_GATEWAY, error.to_string()),
         }
     }
+}
+
+/// At most this many prefetches run at once, so that a host starting many
+/// containers (or the proxy starting on a busy host) does not flood STS.
+const PREFETCH_CONCURRENCY: usize = 8;
+
+/// Prefetches credentials for containers as they appear, and forgets those of
+/// containers that are gone.
+pub fn spawn_prefetcher(
+    imds: Arc<Imds>,
+    mut changes: tokio::sync::broadcast::Receiver<IndexChange>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(PREFETCH_CONCURRENCY));
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(IndexChange::Up(container)) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let imds = imds.clone();
+                    tokio::spawn(async move {
+                        imds.prefetch(&container).await;
+                        drop(permit);
+                    });
+                }
+                Ok(IndexChange::Gone(container)) => imds.forget(&container),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    log::warn!("prefetcher fell behind by {missed} container changes; they will be fetched on request")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 fn route_kind(route: &Route) -> &'static str {
