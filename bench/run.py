@@ -256,6 +256,7 @@ def run_wrk(args, port, ips, seconds, connections, pid=None):
             # Server CPU per request: unlike req/s, barely moved by other work
             # on the machine.
             result["cpu_us"] = cpu / result["requests"] * 1e6
+            result["cpu_s"] = cpu
     if result["rps"] is None:
         result["problem"] = "wrk printed no result: %s" % (out.stderr.strip() or text.strip())[:300]
     return result
@@ -408,54 +409,80 @@ def new_container_latency(port, docker_sock, serial, delay):
 # ---------------------------------------------------------------- the cases
 
 
-def bench_proxy(args, tmp, n, docker_sock, counter_port, load_ips, log_level, extra):
+class Server:
+    """A server under test: its process, port and what was measured at start."""
+
+    def __init__(self, key, proc, port, info=None, log_path=None, log_file=None):
+        self.key, self.proc, self.port = key, proc, port
+        self.info = info or {}
+        self.log_path, self.log_file = log_path, log_file
+
+    def close(self):
+        stop(self.proc)
+        if self.log_file:
+            self.log_file.close()
+            self.info["log_bytes"] = os.path.getsize(self.log_path)
+            os.unlink(self.log_path)  # hundreds of MB at info level
+
+
+def start_proxy(args, tmp, n, docker_sock, counter_port, load_ips, log_level):
+    """Starts ec2metaproxy, times its first answers and asks once from every
+    container (so each has its credentials cached)."""
     port = free_port()
     config = write_proxy_config(tmp, port, docker_sock)
     env = aws_env(counter_port)
     env["AWS_REGION"] = "us-east-1"
-    env.pop("RUST_LOG", None)
+    saved = os.environ.pop("RUST_LOG", None)
     if log_level:
         env["RUST_LOG"] = log_level
-    else:
-        os.environ.pop("RUST_LOG", None)
     label = "RUST_LOG=%s" % log_level if log_level else "default logging"
     # The log goes to a file, as it would to a log file or journald.
-    log_path = os.path.join(tmp, "proxy-n%d-%s.log" % (n, log_level or "info"))
+    os.makedirs(os.path.join(tmp, "logs"), exist_ok=True)
+    log_path = os.path.join(tmp, "logs", "proxy-n%d-%s.log" % (n, log_level or "info"))
     log_file = open(log_path, "wb")
     calls_before = assume_role_calls(counter_port)
     started = time.monotonic()
     proc = start("ec2metaproxy", [args.proxy, "-c", config], env=env, stderr=log_file)
+    if saved is not None:
+        os.environ["RUST_LOG"] = saved
     first_answer, first_200 = timed_first_200(port, load_ips[0], started)
     if first_200 is None:
         stop(proc)
         log_file.close()
         tail = open(log_path, "rb").read()[-2000:].decode("utf-8", "replace")
         raise RuntimeError("ec2metaproxy never served credentials; its log ends:\n" + tail)
-    all_ips = [container_ip(i) for i in range(n)]
-    ok, size = warm(port, all_ips)
-    result = {
+    ok, size = warm(port, [container_ip(i) for i in range(n)])
+    info = {
         "label": label, "startup_answer_ms": first_answer, "startup_200_ms": first_200,
-        "warm_ok": ok, "size": size,
+        "warm_ok": ok, "size": size, "warm_assume_role": assume_role_calls(counter_port) - calls_before,
     }
-    log("(a) ec2metaproxy, %s: first answer %.0f ms, first 200 %.0f ms after start; %d/%d containers warm"
-        % (label, first_answer or -1, first_200, ok, n))
-    if args.profile and log_level == "warn":
-        result["perf"] = profile(args, proc.pid, port, load_ips, tmp, n)
-    result["load"] = run_wrk(args, port, load_ips, args.seconds, args.connections, proc.pid)
-    if extra.get("rate"):
-        result["rated"] = run_oha(args, port, load_ips, args.seconds, args.connections, extra["rate"])
-    result["rss_mib"] = peak_rss_mib(proc.pid)
-    result["rss_now"] = proc_status(proc.pid)
-    if extra.get("new_containers"):
-        result["new_now"] = new_container_latency(port, docker_sock, extra["serial"], 0)
-        result["new_later"] = new_container_latency(port, docker_sock, extra["serial"] + 1, 0.3)
-    result["assume_role"] = assume_role_calls(counter_port) - calls_before
-    result["alive"] = proc.poll() is None
-    stop(proc)
-    log_file.close()
-    result["log_bytes"] = os.path.getsize(log_path)
-    os.unlink(log_path)  # can be hundreds of MB at info level
-    return result
+    log("(a) ec2metaproxy, %s: first answer %.0f ms, first 200 %.0f ms after start; %d/%d containers "
+        "warm with %d AssumeRole calls" % (label, first_answer or -1, first_200, ok, n, info["warm_assume_role"]))
+    return Server("a_warn" if log_level else "a", proc, port, info, log_path, log_file)
+
+
+def start_baseline(args, size):
+    port = free_port()
+    proc = start("bench_baseline", [args.baseline, "127.0.0.1:%d" % port, str(size)])
+    wait_until("bench_baseline", lambda: get(port, PATH)[0] == 200, 10)
+    return Server("b", proc, port, {"size": len(get(port, PATH)[1])})
+
+
+def median_round(rounds):
+    """The round with the median throughput, with CPU per request over all rounds."""
+    good = [r for r in rounds if r.get("rps") is not None]
+    if not good:
+        return rounds[-1] if rounds else {}
+    chosen = dict(sorted(good, key=lambda r: r["rps"])[len(good) // 2])
+    requests = sum(r.get("requests", 0) for r in good)
+    cpu = sum(r.get("cpu_s", 0) for r in good)
+    if requests and any("cpu_s" in r for r in good):
+        chosen["cpu_us"] = cpu / requests * 1e6
+    chosen["rounds_rps"] = [r["rps"] for r in rounds]
+    chosen["non2xx"] = sum(r.get("non2xx", 0) for r in rounds)
+    chosen["errors"] = sum(r.get("errors", 0) for r in rounds)
+    chosen["requests"] = requests
+    return chosen
 
 
 def profile(args, pid, port, load_ips, tmp, n):
@@ -472,19 +499,59 @@ def profile(args, pid, port, load_ips, tmp, n):
     return out.stdout
 
 
-def bench_baseline(args, size, load_ips):
-    port = free_port()
-    proc = start("bench_baseline", [args.baseline, "127.0.0.1:%d" % port, str(size)])
-    wait_until("bench_baseline", lambda: get(port, PATH)[0] == 200, 10)
-    served = len(get(port, PATH)[1])
-    load = run_wrk(args, port, load_ips, args.seconds, args.connections, proc.pid)
-    result = {"load": load, "size": served}
-    if args.oha and load.get("rps"):
-        # The same open-loop run as (a)'s: what the load generator itself adds.
-        result["rated"] = run_oha(args, port, load_ips, args.seconds, args.connections, load["rps"] / 2)
-    result["rss_mib"] = peak_rss_mib(proc.pid)
-    stop(proc)
-    return result
+def bench_n(args, tmp, n, sock, counter_port, load_ips, r):
+    """(a) with both log levels and (b), running side by side and measured in
+    interleaved rounds, so that other work on the machine weighs on all alike."""
+    names = {"b": "(b) baseline", "a": "(a) default logging", "a_warn": "(a) RUST_LOG=warn"}
+    servers = {}
+    try:
+        servers["a"] = start_proxy(args, tmp, n, sock, counter_port, load_ips, None)
+        servers["a_warn"] = start_proxy(args, tmp, n, sock, counter_port, load_ips, "warn")
+        servers["b"] = start_baseline(args, servers["a"].info["size"])
+        order = ("b", "a", "a_warn")
+        rounds = {k: [] for k in order}
+        calls0 = assume_role_calls(counter_port)
+        for i in range(args.rounds):
+            for k in order:
+                srv = servers[k]
+                rounds[k].append(run_wrk(args, srv.port, load_ips, args.seconds, args.connections, srv.proc.pid))
+        for k in order:
+            r[k] = dict(servers[k].info)
+            r[k]["load"] = median_round(rounds[k])
+            r[k]["rounds"] = rounds[k]
+            x = r[k]["load"]
+            log("%s: %s req/s (rounds: %s), p50 %s, p99 %s, %s us CPU per request" % (
+                names[k], fmt(x.get("rps")), ", ".join(fmt(v) for v in x.get("rounds_rps", [])),
+                ms(x.get("p50")), ms(x.get("p99")), fmt(x.get("cpu_us"), "%.1f")))
+        half = (r["b"]["load"].get("rps") or 0) / 2
+        if args.oha and half:
+            for key, rate in (("rated", half), ("rated_low", args.low_rate)):
+                if not rate:
+                    continue
+                for k in order:
+                    x = r[k][key] = run_oha(args, servers[k].port, load_ips, args.rate_seconds,
+                                            args.connections, rate)
+                    log("%s at %.0f req/s open-loop: achieved %s, p50 %s, p99 %s" % (
+                        names[k], rate, fmt(x.get("rps")), ms(x.get("p50")), ms(x.get("p99"))))
+        r["load_assume_role"] = assume_role_calls(counter_port) - calls0
+        for k in order:
+            r[k]["rss_mib"] = peak_rss_mib(servers[k].proc.pid)
+            r[k]["rss_now"] = proc_status(servers[k].proc.pid)
+        if args.profile:
+            r["a_warn"]["perf"] = profile(args, servers["a_warn"].proc.pid, servers["a_warn"].port,
+                                          load_ips, tmp, n)
+        a = servers["a"]
+        calls1 = assume_role_calls(counter_port)
+        r["a"]["new_now"] = new_container_latency(a.port, sock, 10 * n % 997, 0)
+        r["a"]["new_later"] = new_container_latency(a.port, sock, 10 * n % 997 + 1, 0.3)
+        r["new_assume_role"] = assume_role_calls(counter_port) - calls1
+        for k in order:
+            r[k]["alive"] = servers[k].proc.poll() is None
+    finally:
+        for k, srv in servers.items():
+            srv.close()
+            if k in r:
+                r[k]["log_bytes"] = srv.info.get("log_bytes")
 
 
 def docker_lists(sock):
@@ -546,7 +613,7 @@ def bench_lyft(args, tmp, n, docker_sock, counter_port, load_ips):
         "warmup_s": time.monotonic() - warm_t0, "warmup_rounds": len(rounds),
         "warm": bool(rounds) and docker_lists(docker_sock) == lists,
     }
-    result["load"] = run_wrk(args, port, load_ips, args.seconds, args.connections, proc.pid)
+    result["load"] = run_wrk(args, port, load_ips, args.seconds * args.rounds, args.connections, proc.pid)
     result["rss_mib"] = peak_rss_mib(proc.pid)
     result["new_now"] = new_container_latency(port, docker_sock, 500 + n % 97, 0)
     result["assume_role"] = assume_role_calls(counter_port) - calls_before
@@ -636,13 +703,16 @@ def report(args, results, wall, started_at):
     out("Machine: %s cores (`nproc`), %s, %s memory, Linux %s. Load generator and servers share these cores."
         % (m["nproc"], m["cpu"], m["mem"], m["kernel"]))
     out("")
-    out("Command: `make bench` (= `scripts/bench.sh`; `BENCH_SECONDS=%d BENCH_CONNECTIONS=%d "
+    out("Command: `make bench` (= `scripts/bench.sh`; `BENCH_SECONDS=%d BENCH_ROUNDS=%d BENCH_CONNECTIONS=%d "
         "BENCH_ADDRESSES=%d BENCH_NS=%s`). "
-        "Load: `%s`, %d threads, %d keep-alive connections, %d s per case, each connection from a "
-        "container's address (127.10.x.y, LD_PRELOAD shim `bench/srcbind.c`); open-loop rate: `%s`."
-        % (args.seconds, args.connections, args.addresses, ",".join(map(str, args.ns)),
-           tool_version([args.wrk, "-v"]), args.threads, args.connections, args.seconds,
-           tool_version([args.oha, "--version"]) if args.oha else "not available"))
+        "Closed-loop load: `%s`, %d threads, %d keep-alive connections, each from a container's address "
+        "(127.10.x.y, LD_PRELOAD shim `bench/srcbind.c`); (a) with both log levels and (b) run side by side "
+        "and are loaded in %d interleaved rounds of %d s (b, a, a-warn, b, ...); the table shows the median "
+        "round, and CPU per request over all rounds. (c) gets one run of %d s. Open-loop: `%s`, %d s per server."
+        % (args.seconds, args.rounds, args.connections, args.addresses, ",".join(map(str, args.ns)),
+           tool_version([args.wrk, "-v"]), args.threads, args.connections, args.rounds, args.seconds,
+           args.seconds * args.rounds,
+           tool_version([args.oha, "--version"]) if args.oha else "not available", args.rate_seconds))
     out("")
     out("Route: `GET %s` (IMDSv1), credentials cached (every container asked once before the run)." % PATH)
     out("")
@@ -662,16 +732,23 @@ def report(args, results, wall, started_at):
         out(row("(b) bare hyper 1 baseline", b))
         out(row("(c) lyft metadataproxy (gunicorn, 2 gevent workers)", c))
         out("")
-        for key, name in (("b", "(b) baseline"), ("a", "(a) default logging"), ("a_warn", "(a) RUST_LOG=warn")):
-            x = r.get(key) or {}
-            rated = x.get("rated") or {}
-            if rated:
-                out("- %s at %s req/s open-loop (half of (b)): achieved %s req/s, p50 %s, p99 %s%s."
-                    % (name, fmt(rated.get("rate")), fmt(rated.get("rps")), ms(rated.get("p50")),
-                       ms(rated.get("p99")),
-                       "; %s" % rated["problem"] if rated.get("problem") else
-                       ("; %d non-2xx/errors" % (rated["non2xx"] + rated["errors"])
-                        if rated.get("non2xx") or rated.get("errors") else "")))
+        for which, what in (("rated", "half of (b)'s throughput"), ("rated_low", "a fixed low rate")):
+            if not any((r.get(k) or {}).get(which) for k in ("a", "a_warn", "b")):
+                continue
+            rate = next((r.get(k) or {}).get(which, {}).get("rate") for k in ("b", "a", "a_warn")
+                        if (r.get(k) or {}).get(which))
+            out("Open loop at %s req/s (%s), oha `-q` with latency correction:" % (fmt(rate), what))
+            out("")
+            out("| server | achieved req/s | p50 | p99 | errors |")
+            out("| --- | ---: | ---: | ---: | --- |")
+            for key, name in (("a", "(a) default logging"), ("a_warn", "(a) `RUST_LOG=warn`"),
+                              ("b", "(b) baseline")):
+                x = (r.get(key) or {}).get(which) or {}
+                if x:
+                    out("| %s | %s | %s | %s | %s |" % (
+                        name, fmt(x.get("rps")), ms(x.get("p50")), ms(x.get("p99")),
+                        x.get("problem") or (x.get("non2xx", 0) + x.get("errors", 0))))
+            out("")
         for key, name in (("a", "default logging"), ("a_warn", "RUST_LOG=warn")):
             x = r.get(key) or {}
             out("- Ratios, %s: (a)/(b) = %s, (a)/(c) = %s; by server CPU per request, (b)/(a) = %s." % (
@@ -686,10 +763,12 @@ def report(args, results, wall, started_at):
                 if nc:
                     out("- (a) new container, %s: first request %s (status %s), second %s."
                         % (what, ms(nc.get("ms")), nc.get("status"), ms(nc.get("second_ms"))))
-            out("- (a) AssumeRole calls: %s during the default-logging proxy's life (%d containers + 2 started "
-                "later = %d cache keys, one per container session), %s during the `RUST_LOG=warn` one."
-                % (a.get("assume_role"), n, n + 2, (aw or {}).get("assume_role")))
-            out("- (a) info log written: %.0f MB for the run." % (a.get("log_bytes", 0) / 1e6))
+            out("- (a) AssumeRole calls: %s and %s while each proxy started and every one of the %d containers "
+                "asked once (one cache key per container session); %s during all the load above; %s for the "
+                "2 containers started afterwards (both proxies watch the same Docker and each prefetches them)."
+                % (a.get("warm_assume_role"), (aw or {}).get("warm_assume_role"), n, r.get("load_assume_role"),
+                   r.get("new_assume_role")))
+            out("- (a) info log written: %.0f MB over the run." % ((a.get("log_bytes") or 0) / 1e6))
             now = a.get("rss_now") or {}
             if now:
                 out("- (a) memory after the run: RSS %.1f MiB = %.1f MiB anonymous (heap, stacks) + %.1f MiB "
@@ -735,11 +814,14 @@ def report(args, results, wall, started_at):
     rss = (rb.get("a") or {}).get("rss_mib")
     checks.append(("RSS < 20 MB at N=%d" % big, fmt(rss, "%.1f MiB"), rss is not None and rss * 1.048576 < 20))
     for n in args.ns:
-        calls = [(results[n].get(k) or {}).get("assume_role") for k in ("a", "a_warn")]
-        keys = n + 2
-        ok = all(c is not None and c <= keys for c in calls)
+        r = results[n]
+        warm_calls = [(r.get(k) or {}).get("warm_assume_role") for k in ("a", "a_warn")]
+        ok = (all(c is not None and c <= n for c in warm_calls) and r.get("load_assume_role") == 0
+              and r.get("new_assume_role") is not None and r["new_assume_role"] <= 4)
         checks.append(("<= 1 AssumeRole per key per refresh window (N=%d)" % n,
-                       "%s calls for %d keys per proxy run" % (" and ".join(map(str, calls)), keys), ok))
+                       "%s per proxy for %d keys; %s under load; %s for 2 new keys x 2 proxies"
+                       % (" and ".join(map(str, warm_calls)), n, r.get("load_assume_role"),
+                          r.get("new_assume_role")), ok))
     for name, measured, ok in checks:
         out("| %s | %s | %s |" % (name, measured, "yes" if ok else "**no**"))
     out("")
@@ -763,7 +845,11 @@ def main():
     parser.add_argument("--shim", required=True)
     parser.add_argument("--wrk", default=shutil.which("wrk"))
     parser.add_argument("--oha", default=shutil.which("oha"))
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=4, help="seconds per round of closed-loop load")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate-seconds", type=int, default=6, help="seconds of each open-loop run")
+    parser.add_argument("--low-rate", type=int, default=5000,
+                        help="a second open-loop rate, well below saturation (0: none)")
     parser.add_argument("--lyft-warmup", type=int, default=3, help="seconds per warm-up round")
     parser.add_argument("--lyft-warmup-max", type=int, default=60)
     parser.add_argument("--addresses", type=int, default=64,
@@ -806,29 +892,7 @@ def main():
             load_ips = [container_ip(i) for i in range(min(n, args.addresses))]
             r["load_ips"] = load_ips
             log("N=%d: fake Docker up with %d containers; load from %d addresses" % (n, n, len(load_ips)))
-            a = r["a"] = bench_proxy(args, tmp, n, sock, counter_port, load_ips, None,
-                                     {"new_containers": True, "serial": 10 * n % 997})
-            size = a["size"]
-            log("(a) default logging: %s req/s, p50 %s, p99 %s, RSS %.1f MiB"
-                % (fmt(a["load"]["rps"]), ms(a["load"]["p50"]), ms(a["load"]["p99"]), a["rss_mib"]))
-            b = r["b"] = bench_baseline(args, size, load_ips)
-            log("(b) baseline (%d-byte body): %s req/s, p50 %s, p99 %s"
-                % (size, fmt(b["load"]["rps"]), ms(b["load"]["p50"]), ms(b["load"]["p99"])))
-            half = (b["load"]["rps"] or 0) / 2
-            rate = {"rate": half} if (args.oha and half) else {}
-            aw = r["a_warn"] = bench_proxy(args, tmp, n, sock, counter_port, load_ips, "warn", rate)
-            log("(a) RUST_LOG=warn: %s req/s, p50 %s, p99 %s"
-                % (fmt(aw["load"]["rps"]), ms(aw["load"]["p50"]), ms(aw["load"]["p99"])))
-            if rate:
-                # The as-shipped logging too, at the same rate.
-                port_note = bench_rated_info(args, tmp, n, sock, counter_port, load_ips, half)
-                a["rated"] = port_note
-            for key in ("b", "a_warn", "a"):
-                x = r[key].get("rated")
-                if x:
-                    log("%s at %.0f req/s open-loop: achieved %s, p50 %s, p99 %s" % (
-                        {"b": "(b) baseline", "a": "(a) default logging", "a_warn": "(a) RUST_LOG=warn"}[key],
-                        x["rate"], fmt(x["rps"]), ms(x["p50"]), ms(x["p99"])))
+            bench_n(args, tmp, n, sock, counter_port, load_ips, r)
             if args.skip_lyft:
                 r["c"] = {"problem": "skipped (--skip-lyft)"}
             else:
@@ -862,25 +926,6 @@ def main():
         return 1
     finally:
         stop_all()
-
-
-def bench_rated_info(args, tmp, n, sock, counter_port, load_ips, rate):
-    """Only the open-loop run, with the default (info) logging."""
-    port = free_port()
-    config = write_proxy_config(tmp, port, sock)
-    env = aws_env(counter_port)
-    env["AWS_REGION"] = "us-east-1"
-    os.environ.pop("RUST_LOG", None)
-    log_path = os.path.join(tmp, "proxy-rated-%d.log" % n)
-    with open(log_path, "wb") as log_file:
-        proc = start("ec2metaproxy", [args.proxy, "-c", config], env=env, stderr=log_file)
-        try:
-            timed_first_200(port, load_ips[0], time.monotonic())
-            warm(port, load_ips)
-            return run_oha(args, port, load_ips, args.seconds, args.connections, rate)
-        finally:
-            stop(proc)
-            os.unlink(log_path)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@
 # Installs on first use: .venv-bench/{moto,lyft} from PyPI, and oha
 # (`cargo install oha`, several minutes once) for the fixed-rate run.
 #
-# Env: BENCH_SECONDS=10      seconds per measured case
+# Env: BENCH_SECONDS=4       seconds per round of closed-loop load
+#      BENCH_ROUNDS=3        interleaved rounds (median reported)
+#      BENCH_RATE_SECONDS=8  seconds of the open-loop (fixed-rate) run
 #      BENCH_CONNECTIONS=128 keep-alive connections
 #      BENCH_ADDRESSES=64    container addresses the load comes from (at most N)
 #      BENCH_NS=10,1000      container counts
@@ -93,7 +95,9 @@ python3 bench/run.py \
     --moto-venv "$VENV/moto" \
     --shim "$PWD/target/bench/libsrcbind.so" \
     ${OHA:+--oha "$OHA"} \
-    --seconds "${BENCH_SECONDS:-10}" \
+    --seconds "${BENCH_SECONDS:-4}" \
+    --rounds "${BENCH_ROUNDS:-3}" \
+    --rate-seconds "${BENCH_RATE_SECONDS:-8}" \
     --connections "${BENCH_CONNECTIONS:-128}" \
     --addresses "${BENCH_ADDRESSES:-64}" \
     --ns "${BENCH_NS:-10,1000}" \
