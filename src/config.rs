@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::imds::local::LocalMetadata;
 use crate::logging::LogFormat;
-use crate::roles::{Role, RoleArn};
+use crate::roles::{Role, RoleArn, SessionKey};
 
 /// Where the Go fork and Docker itself expect the engine.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -76,6 +76,12 @@ const KNOWN_KEYS: &[&str] = &[
     "metricsListen",
     "logFormat",
     "localMetadata",
+    "roleEnv",
+    "allowUnmappedRoles",
+    "accountMap",
+    "defaultAccountId",
+    "roleSessionKey",
+    "stsRegion",
 ];
 
 /// A validated configuration. Cheap to share: handlers read it through an `Arc`.
@@ -99,6 +105,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Overrides for the synthesised metadata tree (used when `metadataURL` is null).
     pub local_metadata_overrides: Map<String, Value>,
+    /// Region of the STS endpoint; aws-config's resolution when `None`.
+    pub sts_region: Option<String>,
 }
 
 /// Reads one setting of a config as text, for comparing two configs.
@@ -153,11 +161,33 @@ pub struct RoleMap {
     pub aliases: HashMap<String, Arc<Role>>,
     pub default_alias: String,
     pub default_policy: Option<Arc<str>>,
+    /// Container environment variable that names an alias (or role) when no
+    /// label does: `roleEnv`, for hosts migrating from lyft's metadataproxy.
+    pub role_env: Option<String>,
+    /// Let `roleEnv` name roles outside the alias map.
+    pub allow_unmapped: bool,
+    /// Account alias -> account ID, for `name@account-alias`.
+    pub account_map: HashMap<String, String>,
+    pub default_account: Option<String>,
+    pub session_key: Option<SessionKey>,
 }
 
 impl RoleMap {
     pub fn get(&self, alias: &str) -> Option<&Arc<Role>> {
         self.aliases.get(alias)
+    }
+
+    /// The container environment variables this map reads.
+    pub fn env_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        if let Some(variable) = &self.role_env {
+            keys.push(variable.clone());
+            keys.push(crate::roles::EXTERNAL_ID_ENV.to_string());
+        }
+        if let Some(SessionKey::Env(variable)) = &self.session_key {
+            keys.push(variable.clone());
+        }
+        keys
     }
 }
 
@@ -405,12 +435,80 @@ impl Validator<'_> {
             }
         };
 
+        let role_env = self.optional_string("roleEnv")?;
+        if role_env.as_deref() == Some("") {
+            return Err(self.invalid(
+                "roleEnv",
+                "must name an environment variable, such as \"IAM_ROLE\"",
+            ));
+        }
+        let allow_unmapped = self.optional_bool("allowUnmappedRoles")?.unwrap_or(false);
+        if allow_unmapped && role_env.is_none() {
+            return Err(self.invalid(
+                "allowUnmappedRoles",
+                "only applies to roles named by \"roleEnv\"; set roleEnv too",
+            ));
+        }
+        let account_map = match self.map.get("accountMap") {
+            None | Some(Value::Null) => HashMap::new(),
+            Some(Value::Object(entries)) => {
+                let mut map = HashMap::new();
+                for (alias, id) in entries {
+                    match id.as_str() {
+                        Some(id) if is_account_id(id) => {
+                            map.insert(alias.clone(), id.to_string());
+                        }
+                        _ => {
+                            return Err(self.invalid(
+                                &format!("accountMap.{alias}"),
+                                format!("expected a 12-digit account ID, found {id}"),
+                            ))
+                        }
+                    }
+                }
+                map
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    "accountMap",
+                    format!(
+                        "expected a map of account alias to account ID, found {}",
+                        kind(other)
+                    ),
+                ))
+            }
+        };
+        let default_account = self.optional_string("defaultAccountId")?;
+        if let Some(id) = &default_account {
+            if !is_account_id(id) {
+                return Err(self.invalid(
+                    "defaultAccountId",
+                    format!("\"{id}\" is not a 12-digit account ID"),
+                ));
+            }
+        }
+        let session_key = match self.optional_string("roleSessionKey")? {
+            None => None,
+            Some(text) => Some(SessionKey::parse(&text).ok_or_else(|| {
+                self.invalid(
+                    "roleSessionKey",
+                    format!("\"{text}\" is not \"Labels:NAME\" or \"Env:NAME\""),
+                )
+            })?),
+        };
+        let sts_region = self.optional_string("stsRegion")?;
+
         Ok(Config {
             source: None,
             roles: RoleMap {
                 aliases,
                 default_alias,
                 default_policy,
+                role_env,
+                allow_unmapped,
+                account_map,
+                default_account,
+                session_key,
             },
             docker_host,
             listen,
@@ -426,6 +524,7 @@ impl Validator<'_> {
             metrics_listen,
             log_format,
             local_metadata_overrides,
+            sts_region,
         })
     }
 
@@ -452,16 +551,81 @@ impl Validator<'_> {
             if alias.is_empty() {
                 return Err(self.invalid(&entry_key, "an alias must not be empty"));
             }
-            let Some(arn) = value.as_str() else {
-                return Err(self.invalid(
-                    &entry_key,
-                    format!("expected a role ARN string, found {}", kind(value)),
-                ));
+            let role = match value {
+                Value::String(arn) => Role::new(
+                    alias.clone(),
+                    RoleArn::parse(arn).map_err(|problem| self.invalid(&entry_key, problem))?,
+                ),
+                Value::Object(fields) => self.role_object(alias, &entry_key, fields)?,
+                other => {
+                    return Err(self.invalid(
+                        &entry_key,
+                        format!(
+                            "expected a role ARN string or an object with \"arn\", found {}",
+                            kind(other)
+                        ),
+                    ))
+                }
             };
-            let arn = RoleArn::parse(arn).map_err(|problem| self.invalid(&entry_key, problem))?;
-            aliases.insert(alias.clone(), Arc::new(Role::new(alias.clone(), arn)));
+            aliases.insert(alias.clone(), Arc::new(role));
         }
         Ok(aliases)
+    }
+
+    /// `{"arn": ..., "externalId": ..., "policy": ..., "durationSeconds": ...}`.
+    fn role_object(
+        &self,
+        alias: &str,
+        entry_key: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<Role, ConfigError> {
+        let field_error =
+            |field: &str, problem: String| self.invalid(&format!("{entry_key}.{field}"), problem);
+        for field in fields.keys() {
+            if !["arn", "externalId", "policy", "durationSeconds"].contains(&field.as_str()) {
+                return Err(field_error(
+                    field,
+                    "unknown key (known: arn, externalId, policy, durationSeconds)".into(),
+                ));
+            }
+        }
+        let arn = match fields.get("arn") {
+            Some(Value::String(arn)) => RoleArn::parse(arn).map_err(|p| field_error("arn", p))?,
+            _ => return Err(field_error("arn", "is required: the role ARN".into())),
+        };
+        let mut role = Role::new(alias.to_string(), arn);
+        role.external_id =
+            match fields.get("externalId") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(id)) if (2..=1224).contains(&id.len()) => {
+                    Some(Arc::from(id.as_str()))
+                }
+                Some(other) => return Err(field_error(
+                    "externalId",
+                    format!(
+                        "expected a string of 2 to 1224 characters (STS's limits), found {other}"
+                    ),
+                )),
+            };
+        role.policy = match fields.get("policy") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(normalize_policy(value).map_err(|p| field_error("policy", p))?),
+        };
+        role.duration = match fields.get("durationSeconds") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(Duration::from_secs(
+                value
+                    .as_u64()
+                    .filter(|s| (MIN_SESSION_SECS..=MAX_SESSION_SECS).contains(s))
+                    .ok_or_else(|| {
+                        field_error(
+                            "durationSeconds",
+                            format!("expected whole seconds from {MIN_SESSION_SECS} to {MAX_SESSION_SECS} (STS's limits), found {value}"),
+                        )
+                    })?,
+            )),
+        };
+        Ok(role)
     }
 
     fn required_string(&self, key: &str) -> Result<String, ConfigError> {
@@ -489,6 +653,10 @@ impl Validator<'_> {
             )),
         }
     }
+}
+
+fn is_account_id(text: &str) -> bool {
+    text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -605,6 +773,64 @@ mod tests {
         assert!(config.verbose);
         assert_eq!(config.docker_host, "unix:///var/run/custom-docker.sock");
         assert!(config.roles.default_policy.unwrap().contains("s3:*"));
+    }
+
+    #[test]
+    fn an_alias_may_be_an_object_with_external_id_policy_and_duration() {
+        let text = r#"{"aliasToARN": {
+            "plain": "arn:aws:iam::123456789012:role/Plain",
+            "partner": {"arn": "arn:aws:iam::210987654321:role/Partner", "externalId": "xyz-123",
+                        "policy": {"Version": "2012-10-17"}, "durationSeconds": 1800}},
+            "defaultAlias": "plain"}"#;
+        let config = Config::parse(text, "t").unwrap();
+        let partner = config.roles.get("partner").unwrap();
+        assert_eq!(partner.arn.name(), "Partner");
+        assert_eq!(partner.external_id.as_deref(), Some("xyz-123"));
+        assert_eq!(
+            partner.policy.as_deref(),
+            Some(r#"{"Version":"2012-10-17"}"#)
+        );
+        assert_eq!(partner.duration, Some(Duration::from_secs(1800)));
+        assert!(config.roles.get("plain").unwrap().external_id.is_none());
+    }
+
+    #[test]
+    fn migration_keys_are_validated() {
+        let base =
+            r#""aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a""#;
+        let ok = Config::parse(
+            &format!(
+                r#"{{{base}, "roleEnv": "IAM_ROLE", "allowUnmappedRoles": true,
+                "accountMap": {{"prod": "111111111111"}}, "defaultAccountId": "222222222222",
+                "roleSessionKey": "Labels:com.example.session", "stsRegion": "eu-west-1"}}"#
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(ok.roles.role_env.as_deref(), Some("IAM_ROLE"));
+        assert_eq!(
+            ok.roles.session_key,
+            Some(SessionKey::Label("com.example.session".into()))
+        );
+        assert_eq!(ok.sts_region.as_deref(), Some("eu-west-1"));
+        for (extra, expected) in [
+            (r#""allowUnmappedRoles": true"#, "t: key \"allowUnmappedRoles\": only applies to roles named by \"roleEnv\"; set roleEnv too"),
+            (r#""accountMap": {"prod": "12"}"#, "t: key \"accountMap.prod\": expected a 12-digit account ID, found \"12\""),
+            (r#""roleSessionKey": "Name""#, "t: key \"roleSessionKey\": \"Name\" is not \"Labels:NAME\" or \"Env:NAME\""),
+            (r#""defaultAccountId": "abc""#, "t: key \"defaultAccountId\": \"abc\" is not a 12-digit account ID"),
+        ] {
+            let error = Config::parse(&format!("{{{base}, {extra}}}"), "t").unwrap_err();
+            assert_eq!(error.to_string(), expected);
+        }
+        let bad_object = Config::parse(
+            r#"{"aliasToARN": {"a": {"arn": "arn:aws:iam::123456789012:role/A", "externalID": "x"}}, "defaultAlias": "a"}"#,
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(
+            bad_object.to_string(),
+            "t: key \"aliasToARN.a.externalID\": unknown key (known: arn, externalId, policy, durationSeconds)"
+        );
     }
 
     #[test]

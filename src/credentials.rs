@@ -55,6 +55,9 @@ pub struct RoleRequest {
     pub role_arn: RoleArn,
     pub policy: Option<Arc<str>>,
     pub session_name: Arc<str>,
+    pub external_id: Option<Arc<str>>,
+    /// The alias's own session duration; the config's `sessionDuration` when `None`.
+    pub duration: Option<Duration>,
 }
 
 /// An AssumeRole that failed. Carries the role and STS's error code for the
@@ -171,6 +174,14 @@ impl CredentialCache {
         self.timing
     }
 
+    /// The timing for one key: its own duration when the alias sets one.
+    fn timing_for(&self, request: &RoleRequest) -> Timing {
+        match request.duration {
+            Some(duration) => Timing::for_duration(duration),
+            None => self.timing,
+        }
+    }
+
     fn slot(&self, request: &RoleRequest) -> Arc<Slot> {
         if let Some(slot) = self.slots.read().unwrap().get(request) {
             return slot.clone();
@@ -205,9 +216,10 @@ impl CredentialCache {
         now: SystemTime,
     ) -> Result<Arc<Credentials>, StsError> {
         let slot = self.slot(request);
+        let timing = self.timing_for(request);
         slot.last_used.store(unix_secs(now), Ordering::Relaxed);
         if let Some(current) = slot.current.load_full() {
-            if !expires_within(current.expiration, self.timing.min_left, now) {
+            if !expires_within(current.expiration, timing.min_left, now) {
                 metrics().cache.with_label_values(&["hit"]).inc();
                 return Ok(current);
             }
@@ -227,7 +239,7 @@ impl CredentialCache {
         let _loading = slot.loading.lock().await;
         // Whoever held the lock before us may have fetched them already.
         if let Some(current) = slot.current.load_full() {
-            if !expires_within(current.expiration, self.timing.min_left, now) {
+            if !expires_within(current.expiration, timing.min_left, now) {
                 return Ok(current);
             }
         }
@@ -240,7 +252,10 @@ impl CredentialCache {
         slot: &Slot,
         now: SystemTime,
     ) -> Result<Arc<Credentials>, StsError> {
-        let result = self.sts.assume_role(request, self.timing.duration).await;
+        let result = self
+            .sts
+            .assume_role(request, self.timing_for(request).duration)
+            .await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(error) => error.code.as_str(),
@@ -368,7 +383,9 @@ pub struct AwsSts {
 const FALLBACK_REGION: &str = "us-east-1";
 
 impl AwsSts {
-    pub async fn from_env() -> (AwsSts, String) {
+    /// Loads aws-config's defaults and builds the STS client, in `sts_region`
+    /// when given. Returns the client and the region STS is called in.
+    pub async fn from_env(sts_region: Option<&str>) -> (AwsSts, aws_config::SdkConfig, String) {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(
                 aws_config::meta::region::RegionProviderChain::default_provider()
@@ -380,18 +397,79 @@ impl AwsSts {
                     .operation_timeout(Duration::from_secs(15))
                     .build(),
             )
+            // Throttling and 5xx are retried with exponential backoff and jitter.
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(4))
             .load()
             .await;
-        let region = config
+        let mut sts = aws_sdk_sts::config::Builder::from(&config);
+        if let Some(region) = sts_region {
+            sts = sts.region(aws_config::Region::new(region.to_string()));
+        }
+        let sts = sts.build();
+        let region = sts
             .region()
             .map(|r| r.to_string())
             .unwrap_or_else(|| FALLBACK_REGION.to_string());
         (
             AwsSts {
-                client: aws_sdk_sts::Client::new(&config),
+                client: aws_sdk_sts::Client::from_conf(sts),
             },
+            config,
             region,
         )
+    }
+}
+
+/// IAM GetRole, for unmapped environment roles named without an account.
+/// Answers are cached: a role's ARN does not change while it exists.
+pub struct IamRoleLookup {
+    client: aws_sdk_iam::Client,
+    known: std::sync::Mutex<HashMap<String, RoleArn>>,
+}
+
+impl IamRoleLookup {
+    pub fn new(config: &aws_config::SdkConfig) -> IamRoleLookup {
+        IamRoleLookup {
+            client: aws_sdk_iam::Client::new(config),
+            known: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::roles::RoleLookup for IamRoleLookup {
+    async fn role_arn(&self, name: &str) -> Result<RoleArn, String> {
+        if let Some(arn) = self.known.lock().unwrap().get(name) {
+            return Ok(arn.clone());
+        }
+        use aws_sdk_iam::error::ProvideErrorMetadata;
+        let output = self
+            .client
+            .get_role()
+            .role_name(name)
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(service) => format!(
+                    "IAM GetRole {name}: {}: {}",
+                    service.code().unwrap_or("Unknown"),
+                    service.message().unwrap_or("no message")
+                ),
+                None => format!(
+                    "IAM GetRole {name}: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                ),
+            })?;
+        let arn = output
+            .role
+            .map(|role| role.arn)
+            .ok_or_else(|| format!("IAM GetRole {name}: no role in the answer"))?;
+        let arn = RoleArn::parse(&arn)?;
+        self.known
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), arn.clone());
+        Ok(arn)
     }
 }
 
@@ -415,6 +493,7 @@ impl AssumeRole for AwsSts {
             .role_arn(request.role_arn.as_str())
             .role_session_name(&*request.session_name)
             .set_policy(request.policy.as_deref().map(str::to_string))
+            .set_external_id(request.external_id.as_deref().map(str::to_string))
             .duration_seconds(duration.as_secs().try_into().unwrap_or(i32::MAX))
             .send()
             .await
@@ -511,6 +590,8 @@ mod tests {
             role_arn: RoleArn::parse("arn:aws:iam::123456789012:role/R").unwrap(),
             policy: None,
             session_name: Arc::from(session),
+            external_id: None,
+            duration: None,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct Container {
     pub ips: Vec<IpAddr>,
     /// Computed once here so the request path does not rebuild it.
     pub session_name: Arc<str>,
+    /// Only the variables the config reads (`roleEnv` and friends); the rest
+    /// of a container's environment, which may hold secrets, is never kept.
+    pub env: HashMap<String, String>,
 }
 
 impl Container {
@@ -46,7 +49,13 @@ impl Container {
             labels,
             ips,
             session_name,
+            env: HashMap::new(),
         }
+    }
+
+    pub fn with_env(mut self, env: HashMap<String, String>) -> Container {
+        self.env = env;
+        self
     }
 
     pub fn short_id(&self) -> &str {
@@ -466,6 +475,9 @@ fn short(id: &str) -> &str {
 pub struct DockerSource {
     docker: Mutex<bollard::Docker>,
     host: String,
+    /// Environment variables to read from each container; when any, listing
+    /// inspects every container (the list API does not return environments).
+    env_keys: Vec<String>,
 }
 
 impl DockerSource {
@@ -481,7 +493,14 @@ impl DockerSource {
         Ok(DockerSource {
             docker: Mutex::new(docker),
             host: host.to_string(),
+            env_keys: Vec::new(),
         })
+    }
+
+    /// Also read these variables from each container's environment.
+    pub fn reading_env(mut self, keys: Vec<String>) -> DockerSource {
+        self.env_keys = keys;
+        self
     }
 
     fn client(&self) -> bollard::Docker {
@@ -534,6 +553,20 @@ impl ContainerSource for DockerSource {
             .list_containers(Some(options))
             .await
             .map_err(|e| self.api_error("listing containers", e))?;
+        if !self.env_keys.is_empty() {
+            // Environments come only from inspect: at most 16 at a time.
+            let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
+            let inspected: Vec<_> = futures_util::stream::iter(ids)
+                .map(|id| async move { self.inspect(&id).await })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            let mut containers = Vec::with_capacity(inspected.len());
+            for container in inspected {
+                containers.extend(container?);
+            }
+            return Ok(containers);
+        }
         Ok(summaries
             .into_iter()
             .filter_map(|s| {
@@ -573,13 +606,25 @@ impl ContainerSource for DockerSource {
             .and_then(|n| n.networks)
             .map(|n| addresses(n.values()))
             .unwrap_or_default();
-        let labels = details.config.and_then(|c| c.labels).unwrap_or_default();
-        Ok(Some(Container::new(
-            details.id.unwrap_or_else(|| id.to_string()),
-            details.name.as_deref().unwrap_or_default(),
-            labels,
-            ips,
-        )))
+        let (labels, env) = details
+            .config
+            .map(|c| (c.labels.unwrap_or_default(), c.env.unwrap_or_default()))
+            .unwrap_or_default();
+        let env = env
+            .iter()
+            .filter_map(|entry| entry.split_once('='))
+            .filter(|(key, _)| self.env_keys.iter().any(|k| k == key))
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        Ok(Some(
+            Container::new(
+                details.id.unwrap_or_else(|| id.to_string()),
+                details.name.as_deref().unwrap_or_default(),
+                labels,
+                ips,
+            )
+            .with_env(env),
+        ))
     }
 
     fn events(&self) -> EventStream {

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use argh::FromArgs;
 
 use ec2metaproxy::config::Config;
-use ec2metaproxy::credentials::{spawn_refresher, AwsSts, CredentialCache, Timing};
+use ec2metaproxy::credentials::{spawn_refresher, AwsSts, CredentialCache, IamRoleLookup, Timing};
 use ec2metaproxy::docker::{ContainerIndex, DockerSource};
 use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::Imds;
@@ -116,10 +116,10 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     let docker = match DockerSource::new(&config.docker_host) {
-        Ok(docker) => docker,
+        Ok(docker) => docker.reading_env(config.roles.env_keys()),
         Err(error) => return fail(&error, None),
     };
-    let (sts, region) = AwsSts::from_env().await;
+    let (sts, aws, region) = AwsSts::from_env(config.sts_region.as_deref()).await;
 
     log::info!(
         "ec2metaproxy {} config={} listen={} aliases={} default={} docker={} sts_region={} metadata={}",
@@ -183,7 +183,10 @@ async fn run(config: Config) -> ExitCode {
         }));
     }
     let changes = index.subscribe();
-    let imds = Arc::new(Imds::new(config, index, credentials, tokens, &region));
+    let imds = Arc::new(
+        Imds::new(config, index, credentials, tokens, &region)
+            .with_role_lookup(Arc::new(IamRoleLookup::new(&aws))),
+    );
     ec2metaproxy::imds::spawn_prefetcher(imds.clone(), changes);
     serve(listener, imds, Limits::default(), async {
         shutdown_signal().await;

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{normalize_policy, RoleMap};
 use crate::docker::Container;
@@ -97,24 +98,69 @@ impl fmt::Display for RoleArn {
     }
 }
 
-/// An alias of the config and the role it names.
-#[derive(Debug)]
+/// An alias of the config and the role it names, with what AssumeRole is
+/// told for it (an alias may be a plain ARN or an object with these).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Role {
     pub alias: String,
     pub arn: RoleArn,
+    pub external_id: Option<Arc<str>>,
+    pub policy: Option<Arc<str>>,
+    pub duration: Option<Duration>,
 }
 
 impl Role {
     pub fn new(alias: String, arn: RoleArn) -> Role {
-        Role { alias, arn }
+        Role {
+            alias,
+            arn,
+            external_id: None,
+            policy: None,
+            duration: None,
+        }
     }
 }
 
-/// What a container may assume: the role and the session policy narrowing it.
+/// Where a role session name comes from (`roleSessionKey`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionKey {
+    Label(String),
+    Env(String),
+}
+
+impl SessionKey {
+    /// `Labels:NAME` or `Env:NAME`, as lyft's metadataproxy spells it.
+    pub fn parse(text: &str) -> Option<SessionKey> {
+        let (kind, name) = text.split_once(':')?;
+        if name.is_empty() {
+            return None;
+        }
+        match kind {
+            "Labels" | "Label" => Some(SessionKey::Label(name.to_string())),
+            "Env" => Some(SessionKey::Env(name.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// Container environment variable holding an external ID, read when
+/// environment-selected roles are on (lyft's name).
+pub const EXTERNAL_ID_ENV: &str = "IAM_EXTERNAL_ID";
+
+/// What a container may assume, and how.
 #[derive(Debug, Clone)]
 pub struct Assignment {
     pub role: Arc<Role>,
     pub policy: Option<Arc<str>>,
+    pub external_id: Option<Arc<str>>,
+    pub session_name: Arc<str>,
+}
+
+/// Resolves a bare role name to its ARN (IAM GetRole), for unmapped roles
+/// when no default account is configured.
+#[async_trait::async_trait]
+pub trait RoleLookup: Send + Sync + 'static {
+    async fn role_arn(&self, name: &str) -> Result<RoleArn, String>;
 }
 
 /// Why a container gets no role. Each is answered 404 (a client treats it as
@@ -123,32 +169,115 @@ pub struct Assignment {
 pub enum RoleError {
     #[error("label {ROLE_ALIAS_LABEL}=\"{0}\" names no alias in aliasToARN")]
     UnknownAlias(String),
+    #[error(
+        "environment {0}=\"{1}\" names no alias in aliasToARN (and allowUnmappedRoles is off)"
+    )]
+    UnknownEnvRole(String, String),
+    #[error("environment {0}=\"{1}\" is not a role: {2}")]
+    BadEnvRole(String, String, String),
     #[error("label {POLICY_LABEL} is not a usable policy: {0}")]
     BadPolicy(String),
 }
 
 /// Picks the role for a container. An unknown alias fails closed: the default
-/// alias is only for containers without the label.
-pub fn assign(roles: &RoleMap, container: &Container) -> Result<Assignment, RoleError> {
-    let alias = container
-        .labels
-        .get(ROLE_ALIAS_LABEL)
-        .map(String::as_str)
-        .unwrap_or(&roles.default_alias);
-    let role = roles
-        .get(alias)
-        .ok_or_else(|| RoleError::UnknownAlias(alias.to_string()))?;
+/// alias is only for containers that name none.
+///
+/// Order: the `ec2metaproxy.RoleAlias` label; else, when `roleEnv` is set,
+/// that variable of the container's environment (an alias, or with
+/// `allowUnmappedRoles` a role name, `name@account`, or an ARN); else the
+/// default alias.
+pub async fn assign(
+    roles: &RoleMap,
+    container: &Container,
+    lookup: &dyn RoleLookup,
+) -> Result<Assignment, RoleError> {
+    let role = match container.labels.get(ROLE_ALIAS_LABEL) {
+        Some(alias) => roles
+            .get(alias)
+            .cloned()
+            .ok_or_else(|| RoleError::UnknownAlias(alias.clone()))?,
+        None => match env_role(roles, container) {
+            Some((variable, value)) => match roles.get(value) {
+                Some(role) => role.clone(),
+                None if roles.allow_unmapped => {
+                    Arc::new(unmapped_role(roles, variable, value, lookup).await?)
+                }
+                None => {
+                    return Err(RoleError::UnknownEnvRole(
+                        variable.to_string(),
+                        value.to_string(),
+                    ))
+                }
+            },
+            None => roles
+                .get(&roles.default_alias)
+                .cloned()
+                .ok_or_else(|| RoleError::UnknownAlias(roles.default_alias.clone()))?,
+        },
+    };
     let policy = match container.labels.get(POLICY_LABEL) {
         Some(text) => Some(
             normalize_policy(&serde_json::Value::String(text.clone()))
                 .map_err(RoleError::BadPolicy)?,
         ),
-        None => roles.default_policy.clone(),
+        None => role.policy.clone().or_else(|| roles.default_policy.clone()),
+    };
+    let container_external_id = roles
+        .role_env
+        .as_ref()
+        .and_then(|_| container.env.get(EXTERNAL_ID_ENV))
+        .map(|id| Arc::from(id.as_str()));
+    let session = match &roles.session_key {
+        Some(SessionKey::Label(name)) => container.labels.get(name),
+        Some(SessionKey::Env(name)) => container.env.get(name),
+        None => None,
     };
     Ok(Assignment {
-        role: role.clone(),
+        external_id: container_external_id.or_else(|| role.external_id.clone()),
         policy,
+        session_name: match session {
+            Some(value) if !value.is_empty() => Arc::from(session_name(value, "")),
+            _ => container.session_name.clone(),
+        },
+        role,
     })
+}
+
+fn env_role<'a>(roles: &'a RoleMap, container: &'a Container) -> Option<(&'a str, &'a str)> {
+    let variable = roles.role_env.as_deref()?;
+    let value = container.env.get(variable)?;
+    (!value.is_empty()).then_some((variable, value.as_str()))
+}
+
+/// A role the alias map does not name: an ARN, `name@account-id`,
+/// `name@account-alias` (through `accountMap`), or a bare name in
+/// `defaultAccountId` (else resolved with IAM GetRole).
+async fn unmapped_role(
+    roles: &RoleMap,
+    variable: &str,
+    value: &str,
+    lookup: &dyn RoleLookup,
+) -> Result<Role, RoleError> {
+    let bad = |problem: String| RoleError::BadEnvRole(variable.into(), value.into(), problem);
+    let arn = if value.starts_with("arn:") {
+        RoleArn::parse(value).map_err(bad)?
+    } else if let Some((name, account)) = value.split_once('@') {
+        let account = match roles.account_map.get(account) {
+            Some(id) => id.as_str(),
+            None if account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) => account,
+            None => {
+                return Err(bad(format!(
+                    "account \"{account}\" is neither an ID nor in accountMap"
+                )))
+            }
+        };
+        RoleArn::parse(&format!("arn:aws:iam::{account}:role/{name}")).map_err(bad)?
+    } else if let Some(account) = &roles.default_account {
+        RoleArn::parse(&format!("arn:aws:iam::{account}:role/{value}")).map_err(bad)?
+    } else {
+        lookup.role_arn(value).await.map_err(bad)?
+    };
+    Ok(Role::new(format!("{variable}={value}"), arn))
 }
 
 /// A role session name that names the container in CloudTrail: its name and
@@ -199,16 +328,44 @@ mod tests {
     }
 
     fn container(labels: &[(&str, &str)]) -> Container {
-        Container {
-            id: "0123456789abcdef".into(),
-            name: "app".into(),
-            labels: labels
+        Container::new(
+            "0123456789abcdef".into(),
+            "/app",
+            labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<HashMap<_, _>>(),
-            ips: vec![],
-            session_name: "app-0123456789ab".into(),
+            vec![],
+        )
+    }
+
+    fn with_env(container: Container, env: &[(&str, &str)]) -> Container {
+        container.with_env(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// A GetRole stand-in that knows one role and counts calls.
+    #[derive(Default)]
+    struct FakeIam {
+        calls: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl RoleLookup for FakeIam {
+        async fn role_arn(&self, name: &str) -> Result<RoleArn, String> {
+            self.calls.lock().unwrap().push(name.to_string());
+            match name {
+                "Known" => RoleArn::parse("arn:aws:iam::333333333333:role/path/Known"),
+                _ => Err(format!("IAM GetRole {name}: NoSuchEntity: not found")),
+            }
         }
+    }
+
+    async fn pick(roles: &RoleMap, container: &Container) -> Result<Assignment, RoleError> {
+        assign(roles, container, &FakeIam::default()).await
     }
 
     #[test]
@@ -230,18 +387,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn label_selects_alias_and_no_label_selects_default() {
+    #[tokio::test]
+    async fn label_selects_alias_and_no_label_selects_default() {
         let roles = roles();
-        let web = assign(&roles, &container(&[(ROLE_ALIAS_LABEL, "web")])).unwrap();
+        let web = pick(&roles, &container(&[(ROLE_ALIAS_LABEL, "web")]))
+            .await
+            .unwrap();
         assert_eq!(web.role.arn.name(), "Web");
-        let default = assign(&roles, &container(&[])).unwrap();
+        assert_eq!(&*web.session_name, "app-0123456789ab");
+        let default = pick(&roles, &container(&[])).await.unwrap();
         assert_eq!(default.role.alias, "default");
     }
 
-    #[test]
-    fn unknown_alias_fails_closed_instead_of_using_the_default() {
-        let error = assign(&roles(), &container(&[(ROLE_ALIAS_LABEL, "nope")])).unwrap_err();
+    #[tokio::test]
+    async fn unknown_alias_fails_closed_instead_of_using_the_default() {
+        let error = pick(&roles(), &container(&[(ROLE_ALIAS_LABEL, "nope")]))
+            .await
+            .unwrap_err();
         assert_eq!(error, RoleError::UnknownAlias("nope".into()));
         assert_eq!(
             error.to_string(),
@@ -249,22 +411,148 @@ mod tests {
         );
     }
 
-    #[test]
-    fn policy_label_overrides_the_default_policy() {
+    #[tokio::test]
+    async fn policy_label_overrides_the_alias_and_default_policies() {
         let roles = roles();
-        let labelled = assign(
+        let labelled = pick(
             &roles,
             &container(&[(POLICY_LABEL, r#"{"Statement": []}"#)]),
         )
+        .await
         .unwrap();
         assert_eq!(labelled.policy.as_deref(), Some(r#"{"Statement":[]}"#));
-        let unlabelled = assign(&roles, &container(&[])).unwrap();
+        let unlabelled = pick(&roles, &container(&[])).await.unwrap();
         assert_eq!(
             unlabelled.policy.as_deref(),
             Some(r#"{"Version":"2012-10-17"}"#)
         );
-        let bad = assign(&roles, &container(&[(POLICY_LABEL, "allow all")]));
+        let bad = pick(&roles, &container(&[(POLICY_LABEL, "allow all")])).await;
         assert!(matches!(bad, Err(RoleError::BadPolicy(_))));
+    }
+
+    fn env_roles(extra: &str) -> RoleMap {
+        Config::parse(
+            &format!(
+                r#"{{"aliasToARN": {{"default": "arn:aws:iam::123456789012:role/Default",
+                    "partner": {{"arn": "arn:aws:iam::210987654321:role/Partner", "externalId": "from-config",
+                                 "policy": {{"Version": "alias"}}}}}},
+                    "defaultAlias": "default", "roleEnv": "IAM_ROLE" {extra}}}"#
+            ),
+            "t",
+        )
+        .unwrap()
+        .roles
+    }
+
+    #[tokio::test]
+    async fn environment_names_an_alias_when_no_label_does() {
+        let roles = env_roles("");
+        let c = with_env(container(&[]), &[("IAM_ROLE", "partner")]);
+        let chosen = pick(&roles, &c).await.unwrap();
+        assert_eq!(chosen.role.arn.name(), "Partner");
+        assert_eq!(chosen.external_id.as_deref(), Some("from-config"));
+        assert_eq!(chosen.policy.as_deref(), Some(r#"{"Version":"alias"}"#));
+        // The label still wins.
+        let labelled = with_env(
+            container(&[(ROLE_ALIAS_LABEL, "default")]),
+            &[("IAM_ROLE", "partner")],
+        );
+        assert_eq!(pick(&roles, &labelled).await.unwrap().role.alias, "default");
+    }
+
+    #[tokio::test]
+    async fn unmapped_environment_roles_are_refused_unless_allowed() {
+        let c = with_env(container(&[]), &[("IAM_ROLE", "SomeRole@123456789012")]);
+        let error = pick(&env_roles(""), &c).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "environment IAM_ROLE=\"SomeRole@123456789012\" names no alias in aliasToARN (and allowUnmappedRoles is off)"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_unmapped_role_format_resolves() {
+        let roles = env_roles(
+            r#", "allowUnmappedRoles": true, "accountMap": {"prod": "444444444444"}, "defaultAccountId": "555555555555""#,
+        );
+        for (value, arn) in [
+            (
+                "arn:aws:iam::666666666666:role/Full",
+                "arn:aws:iam::666666666666:role/Full",
+            ),
+            ("Named@777777777777", "arn:aws:iam::777777777777:role/Named"),
+            ("Named@prod", "arn:aws:iam::444444444444:role/Named"),
+            ("Bare", "arn:aws:iam::555555555555:role/Bare"),
+        ] {
+            let c = with_env(container(&[]), &[("IAM_ROLE", value)]);
+            assert_eq!(
+                pick(&roles, &c).await.unwrap().role.arn.as_str(),
+                arn,
+                "{value}"
+            );
+        }
+        let c = with_env(container(&[]), &[("IAM_ROLE", "Named@staging")]);
+        assert!(matches!(
+            pick(&roles, &c).await,
+            Err(RoleError::BadEnvRole(..))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_bare_name_without_a_default_account_is_looked_up_with_get_role() {
+        let roles = env_roles(r#", "allowUnmappedRoles": true"#);
+        let iam = FakeIam::default();
+        let c = with_env(
+            container(&[]),
+            &[("IAM_ROLE", "Known"), ("IAM_EXTERNAL_ID", "from-env")],
+        );
+        let chosen = assign(&roles, &c, &iam).await.unwrap();
+        assert_eq!(
+            chosen.role.arn.as_str(),
+            "arn:aws:iam::333333333333:role/path/Known"
+        );
+        assert_eq!(chosen.external_id.as_deref(), Some("from-env"));
+        assert_eq!(*iam.calls.lock().unwrap(), vec!["Known".to_string()]);
+        let missing = with_env(container(&[]), &[("IAM_ROLE", "Missing")]);
+        let error = assign(&roles, &missing, &iam).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "environment IAM_ROLE=\"Missing\" is not a role: IAM GetRole Missing: NoSuchEntity: not found"
+        );
+    }
+
+    #[tokio::test]
+    async fn session_names_can_come_from_a_label_or_the_environment() {
+        let from_label = Config::parse(
+            r#"{"aliasToARN": {"d": "arn:aws:iam::123456789012:role/D"}, "defaultAlias": "d",
+                "roleSessionKey": "Labels:com.example.user"}"#,
+            "t",
+        )
+        .unwrap()
+        .roles;
+        let c = container(&[("com.example.user", "alice@example.com")]);
+        assert_eq!(
+            &*pick(&from_label, &c).await.unwrap().session_name,
+            "alice@example.com"
+        );
+        let c = container(&[]);
+        assert_eq!(
+            &*pick(&from_label, &c).await.unwrap().session_name,
+            "app-0123456789ab",
+            "fallback"
+        );
+        let from_env = Config::parse(
+            r#"{"aliasToARN": {"d": "arn:aws:iam::123456789012:role/D"}, "defaultAlias": "d",
+                "roleSessionKey": "Env:JOB_ID"}"#,
+            "t",
+        )
+        .unwrap()
+        .roles;
+        let c = with_env(container(&[]), &[("JOB_ID", "build 42/x")]);
+        assert_eq!(
+            &*pick(&from_env, &c).await.unwrap().session_name,
+            "build-42-x"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use http_body_util::Full;
 use crate::config::Config;
 use crate::credentials::{CredentialCache, RoleRequest};
 use crate::docker::{Container, ContainerIndex, IndexChange};
-use crate::roles::{assign, Assignment, Role};
+use crate::roles::{assign, Assignment, Role, RoleArn, RoleLookup};
 use local::LocalMetadata;
 use path::{canonicalize, classify, Flavor, Route, Version};
 use token::TokenKey;
@@ -80,6 +80,8 @@ pub struct Imds {
     upstream: Option<Upstream>,
     /// The synthesised tree, when there is no upstream.
     local: Option<LocalMetadata>,
+    /// Resolves bare role names for unmapped environment roles.
+    lookup: Arc<dyn RoleLookup>,
 }
 
 impl Imds {
@@ -101,7 +103,14 @@ impl Imds {
             tokens,
             upstream,
             local,
+            lookup: Arc::new(NoLookup),
         }
+    }
+
+    /// Resolves bare role names (unmapped environment roles) with `lookup`.
+    pub fn with_role_lookup(mut self, lookup: Arc<dyn RoleLookup>) -> Imds {
+        self.lookup = lookup;
+        self
     }
 
     /// Answers one request from `caller`. The body of the request is never read.
@@ -178,7 +187,7 @@ impl Imds {
                 "no running container has this address",
             );
         };
-        let assignment = match assign(&config.roles, &container) {
+        let assignment = match assign(&config.roles, &container, &*self.lookup).await {
             Ok(assignment) => assignment,
             Err(error) => {
                 return Reply::status(StatusCode::NOT_FOUND, error.to_string())
@@ -197,8 +206,7 @@ impl Imds {
                         format!("asked for role {name:?}, which is not this container's"),
                     )
                 } else {
-                    self.credentials_reply(&container, &assignment, flavor, now)
-                        .await
+                    self.credentials_reply(&assignment, flavor, now).await
                 }
             }
             Route::Passthrough(path) => self.passthrough(&request.method, &path, now).await,
@@ -213,14 +221,10 @@ impl Imds {
     /// try again and answer for itself.
     pub async fn prefetch(&self, container: &Container) {
         let config = self.config.load_full();
-        let Ok(assignment) = assign(&config.roles, container) else {
+        let Ok(assignment) = assign(&config.roles, container, &*self.lookup).await else {
             return;
         };
-        let request = RoleRequest {
-            role_arn: assignment.role.arn.clone(),
-            policy: assignment.policy,
-            session_name: container.session_name.clone(),
-        };
+        let request = role_request(&assignment);
         match self.credentials.get(&request, SystemTime::now()).await {
             Ok(_) => log::debug!(
                 "prefetched credentials of {} for container {}",
@@ -266,16 +270,11 @@ impl Imds {
 
     async fn credentials_reply(
         &self,
-        container: &Container,
         assignment: &Assignment,
         flavor: Flavor,
         now: SystemTime,
     ) -> Reply {
-        let request = RoleRequest {
-            role_arn: assignment.role.arn.clone(),
-            policy: assignment.policy.clone(),
-            session_name: container.session_name.clone(),
-        };
+        let request = role_request(assignment);
         match self.credentials.get(&request, now).await {
             Ok(credentials) => {
                 let account = (flavor == Flavor::Extended).then(|| assignment.role.arn.account());
@@ -340,6 +339,28 @@ pub fn spawn_prefetcher(
             }
         }
     });
+}
+
+fn role_request(assignment: &Assignment) -> RoleRequest {
+    RoleRequest {
+        role_arn: assignment.role.arn.clone(),
+        policy: assignment.policy.clone(),
+        session_name: assignment.session_name.clone(),
+        external_id: assignment.external_id.clone(),
+        duration: assignment.role.duration,
+    }
+}
+
+/// Used when no IAM lookup is wired: bare unmapped role names need an account.
+struct NoLookup;
+
+#[async_trait::async_trait]
+impl RoleLookup for NoLookup {
+    async fn role_arn(&self, name: &str) -> Result<RoleArn, String> {
+        Err(format!(
+            "no account for role \"{name}\": set defaultAccountId or write name@account"
+        ))
+    }
 }
 
 fn route_kind(route: &Route) -> &'static str {
