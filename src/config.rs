@@ -82,6 +82,7 @@ const KNOWN_KEYS: &[&str] = &[
     "defaultAccountId",
     "roleSessionKey",
     "stsRegion",
+    "roleMappingFile",
 ];
 
 /// A validated configuration. Cheap to share: handlers read it through an `Arc`.
@@ -107,6 +108,8 @@ pub struct Config {
     pub local_metadata_overrides: Map<String, Value>,
     /// Region of the STS endpoint; aws-config's resolution when `None`.
     pub sts_region: Option<String>,
+    /// Static IP -> alias mappings, watched and reloaded.
+    pub role_mapping_file: Option<PathBuf>,
 }
 
 /// Reads one setting of a config as text, for comparing two configs.
@@ -525,6 +528,7 @@ impl Validator<'_> {
             log_format,
             local_metadata_overrides,
             sts_region,
+            role_mapping_file: self.optional_string("roleMappingFile")?.map(PathBuf::from),
         })
     }
 
@@ -594,19 +598,20 @@ impl Validator<'_> {
             _ => return Err(field_error("arn", "is required: the role ARN".into())),
         };
         let mut role = Role::new(alias.to_string(), arn);
-        role.external_id =
-            match fields.get("externalId") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(id)) if (2..=1224).contains(&id.len()) => {
-                    Some(Arc::from(id.as_str()))
-                }
-                Some(other) => return Err(field_error(
+        role.external_id = match fields.get("externalId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) if (2..=1224).contains(&id.len()) => {
+                Some(Arc::from(id.as_str()))
+            }
+            Some(other) => {
+                return Err(field_error(
                     "externalId",
                     format!(
                         "expected a string of 2 to 1224 characters (STS's limits), found {other}"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         role.policy = match fields.get("policy") {
             None | Some(Value::Null) => None,
             Some(value) => Some(normalize_policy(value).map_err(|p| field_error("policy", p))?),

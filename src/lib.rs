@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod docker;
 pub mod imds;
 pub mod logging;
+pub mod mapping;
 pub mod metrics;
 pub mod reload;
 pub mod roles;

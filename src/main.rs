@@ -13,6 +13,7 @@ use ec2metaproxy::docker::{ContainerIndex, DockerSource};
 use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::Imds;
 use ec2metaproxy::logging;
+use ec2metaproxy::mapping::StaticMappings;
 use ec2metaproxy::metrics;
 use ec2metaproxy::server::{serve, Limits};
 
@@ -183,10 +184,29 @@ async fn run(config: Config) -> ExitCode {
         }));
     }
     let changes = index.subscribe();
-    let imds = Arc::new(
-        Imds::new(config, index, credentials, tokens, &region)
-            .with_role_lookup(Arc::new(IamRoleLookup::new(&aws))),
-    );
+    let mapping_file = config.load().role_mapping_file.clone();
+    let mut imds = Imds::new(config, index, credentials, tokens, &region)
+        .with_role_lookup(Arc::new(IamRoleLookup::new(&aws)));
+    if let Some(path) = mapping_file {
+        let mappings = match StaticMappings::load(&path) {
+            Ok(mappings) => Arc::new(mappings),
+            Err(error) => {
+                eprintln!("error: roleMappingFile: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let watched = mappings.clone();
+        let file = path.clone();
+        if let Err(error) = ec2metaproxy::reload::watch(path.clone(), move || watched.reload(&file))
+        {
+            log::warn!(
+                "cannot watch {} for changes ({error}); reload with SIGHUP instead",
+                path.display()
+            );
+        }
+        imds = imds.with_static_mappings(mappings);
+    }
+    let imds = Arc::new(imds);
     ec2metaproxy::imds::spawn_prefetcher(imds.clone(), changes);
     serve(listener, imds, Limits::default(), async {
         shutdown_signal().await;

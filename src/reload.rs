@@ -63,6 +63,10 @@ pub fn reload(path: &Path, shared: &ArcSwap<Config>) -> Outcome {
     next.log_format = current.log_format;
     next.verbose = current.verbose;
     next.local_metadata_overrides = current.local_metadata_overrides.clone();
+    next.sts_region = current.sts_region.clone();
+    next.role_mapping_file = current.role_mapping_file.clone();
+    next.roles.role_env = current.roles.role_env.clone();
+    next.roles.session_key = current.roles.session_key.clone();
     if live_settings(&next) == live_settings(&current) {
         return Outcome::Unchanged;
     }
@@ -104,9 +108,17 @@ fn live_settings(config: &Config) -> LiveSettings<'_> {
 /// Reloads on SIGHUP and on changes to `path` (watched through its
 /// directory, so editors that replace the file by rename are seen).
 pub fn spawn(path: PathBuf, shared: Arc<ArcSwap<Config>>) -> Result<(), notify::Error> {
+    let file = path.clone();
+    watch(path, move || {
+        reload(&file, &shared);
+    })
+}
+
+/// Calls `on_change` after `path` changes on disk (once per burst of
+/// writes) and on every SIGHUP.
+pub fn watch(path: PathBuf, on_change: impl Fn() + Send + 'static) -> Result<(), notify::Error> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let file_name = path.file_name().map(|n| n.to_os_string());
-    let events = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             let ours = event
@@ -114,7 +126,7 @@ pub fn spawn(path: PathBuf, shared: Arc<ArcSwap<Config>>) -> Result<(), notify::
                 .iter()
                 .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
             if ours && !event.kind.is_access() {
-                let _ = events.send(());
+                let _ = tx.send(());
             }
         }
     })?;
@@ -139,10 +151,9 @@ pub fn spawn(path: PathBuf, shared: Arc<ArcSwap<Config>>) -> Result<(), notify::
                 Some(()) = hangup.recv() => log::info!("SIGHUP: reloading {}", path.display()),
                 else => return,
             }
-            reload(&path, &shared);
+            on_change();
         }
     });
-    drop(tx);
     Ok(())
 }
 

@@ -717,6 +717,38 @@ mod routing {
         assert_eq!(f.upstream.get_hits(), 0);
     }
 
+    /// `roleMappingFile` answers addresses that are not Docker containers.
+    #[tokio::test]
+    async fn statically_mapped_addresses_get_their_aliases_role() {
+        let f = fixture().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mappings.json");
+        std::fs::write(&path, r#"{"192.0.2.10": "web", "192.0.2.11": "nope"}"#).unwrap();
+        let mappings = Arc::new(ec2metaproxy::mapping::StaticMappings::load(&path).unwrap());
+        let imds = Arc::try_unwrap(f.imds)
+            .ok()
+            .unwrap()
+            .with_static_mappings(mappings);
+        let f = Fixture {
+            imds: Arc::new(imds),
+            ..fixture().await
+        };
+        let listing = f
+            .send(
+                "192.0.2.10",
+                "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\n",
+            )
+            .await;
+        assert_eq!(listing.body, "Web");
+        let unknown = f
+            .send(
+                "192.0.2.11",
+                "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\n",
+            )
+            .await;
+        assert_refused(&unknown, 404, "a mapping to an unknown alias");
+    }
+
     #[tokio::test]
     async fn ambiguous_paths_are_400() {
         let f = fixture().await;

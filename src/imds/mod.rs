@@ -25,6 +25,7 @@ use http_body_util::Full;
 use crate::config::Config;
 use crate::credentials::{CredentialCache, RoleRequest};
 use crate::docker::{Container, ContainerIndex, IndexChange};
+use crate::mapping::StaticMappings;
 use crate::roles::{assign, Assignment, Role, RoleArn, RoleLookup};
 use local::LocalMetadata;
 use path::{canonicalize, classify, Flavor, Route, Version};
@@ -82,6 +83,8 @@ pub struct Imds {
     local: Option<LocalMetadata>,
     /// Resolves bare role names for unmapped environment roles.
     lookup: Arc<dyn RoleLookup>,
+    /// `roleMappingFile`: addresses that are not Docker containers.
+    mappings: Option<Arc<StaticMappings>>,
 }
 
 impl Imds {
@@ -104,7 +107,14 @@ impl Imds {
             upstream,
             local,
             lookup: Arc::new(NoLookup),
+            mappings: None,
         }
+    }
+
+    /// Also answers the addresses of a static mapping file.
+    pub fn with_static_mappings(mut self, mappings: Arc<StaticMappings>) -> Imds {
+        self.mappings = Some(mappings);
+        self
     }
 
     /// Resolves bare role names (unmapped environment roles) with `lookup`.
@@ -181,7 +191,17 @@ impl Imds {
             None => {}
         }
 
-        let Some(container) = self.index.lookup(caller).await else {
+        // Docker first, then the static mappings, and only then a miss that
+        // waits for Docker to catch up.
+        let known = self
+            .index
+            .get(caller)
+            .or_else(|| self.mappings.as_ref().and_then(|m| m.get(caller)));
+        let container = match known {
+            Some(container) => Some(container),
+            None => self.index.lookup(caller).await,
+        };
+        let Some(container) = container else {
             return Reply::status(
                 StatusCode::NOT_FOUND,
                 "no running container has this address",
