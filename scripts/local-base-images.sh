@@ -77,7 +77,7 @@ WORK=""
 cleanup() {
     if [ -n "$WORK" ] && [ -d "$WORK" ]; then
         # debootstrap may leave mounts (proc, sys) behind when it fails half way.
-        grep -o " $WORK/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do
+        { grep -o " $WORK/[^ ]*" /proc/mounts 2>/dev/null || true; } | sort -r | while read -r m; do
             umount -l "$m" 2>/dev/null || true
         done
         rm -rf --one-file-system "$WORK"
@@ -153,7 +153,7 @@ build_rust() {
         'CMD ["bash"]'
     # Prove the copied toolchain runs there (rustc finds its libraries through
     # $ORIGIN, which needs /proc: a container, not a bare chroot).
-    if ! docker run --rm --network none "$RUST_IMAGE" sh -c 'rustc -vV && cargo -V && cc --version' >/dev/null; then
+    if ! docker run --rm --network none --label "$LABEL-check=1" "$RUST_IMAGE" sh -c 'rustc -vV && cargo -V && cc --version' >/dev/null; then
         docker rmi "$RUST_IMAGE" >/dev/null 2>&1 || true
         die "the toolchain copied into $RUST_IMAGE does not run there"
     fi
@@ -161,13 +161,20 @@ build_rust() {
 
 for pair in "runtime:$RUNTIME_IMAGE" "rust:$RUST_IMAGE"; do
     kind="${pair%%:*}" name="${pair#*:}"
-    if [ "$REBUILD" = 0 ] && have_image "$name"; then
-        say "reusing $name"
-        continue
+    old_id=""
+    if have_image "$name"; then
+        if [ "$REBUILD" = 0 ]; then
+            say "reusing $name"
+            continue
+        fi
+        old_id="$(docker image inspect -f '{{.Id}}' "$name")"
     fi
     [ -n "$WORK" ] || WORK="$(mktemp -d /tmp/ec2mp-local-base-XXXXXX)"
     start=$SECONDS
     "build_$kind"
+    rm -rf --one-file-system "${WORK:?}/$kind"
+    # The image this one replaced, unless something still uses it.
+    [ -z "$old_id" ] || docker rmi "$old_id" >/dev/null 2>&1 || true
     say "built $name in $((SECONDS - start)) s"
 done
 
