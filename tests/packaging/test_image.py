@@ -24,10 +24,6 @@ from conftest import DEFAULT_ALIAS, REPO
 RUNTIME_USER = "65532:65532"
 
 
-def git_head() -> str:
-    return harness.sh(["git", "-C", str(REPO), "rev-parse", "HEAD"]).stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def image(pkg) -> dict:
     given = os.environ.get("EC2MP_PKG_IMAGE")
@@ -42,6 +38,10 @@ def image(pkg) -> dict:
     run.cleanup.push(lambda: harness.sh(["docker", "rmi", "-f", name, builder], check=False),
                      "remove the test images")
     ref = os.environ.get("EC2MP_PKG_GIT_REF", "HEAD")
+    if ref != ".":
+        # Pin the commit now: others may commit while the image builds.
+        ref = harness.sh(["git", "-C", str(REPO), "rev-parse", "--verify",
+                          f"{ref}^{{commit}}"]).stdout.strip()
     log_path = run.tmp / "make-docker.log"
     argv = ["make", "-C", str(REPO), "--no-print-directory", "docker",
             f"GIT_REF={ref}", f"TAG={tag}", f"IMAGE={repo}"]
@@ -149,8 +149,8 @@ def test_image_is_the_two_stage_runtime_image(pkg, image):
     assert cfg["Cmd"] == ["/etc/ec2metaproxy/config.json"], cfg
     assert cfg["User"] == RUNTIME_USER, cfg
     labels = cfg.get("Labels") or {}
-    if image["built"] and image.get("ref") == "HEAD":
-        assert labels.get("org.opencontainers.image.revision") == git_head(), labels
+    if image["built"] and image.get("ref") != ".":
+        assert labels.get("org.opencontainers.image.revision") == image["ref"], labels
     harness.log(f"{name}: {info['Size'] / 1e6:.1f} MB, built in {image['seconds']:.0f} s")
     # No rust toolchain in it: the runtime stage holds the binary, not the builder.
     assert info["Size"] < 250e6, info["Size"]
