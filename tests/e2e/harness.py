@@ -686,14 +686,16 @@ class Run:
         c.ip = out[1] if len(out) > 1 else ""
         return c
 
-    def redirect_imds(self, c: Container, proxy: Proxy | None = None) -> None:
+    def redirect_imds(self, c: Container, proxy: Proxy | None = None,
+                      dest: str | None = None) -> None:
         """DNAT 169.254.169.254:80 to the proxy (default: the main one) inside the
-        container's netns only."""
+        container's netns only; `dest` ("ip:port") sends it elsewhere instead, e.g.
+        to a helper listening in that same namespace."""
         proxy = proxy or self.proxy
         sh(["nsenter", "-t", str(c.pid), "-n", "--", "iptables", "-w", "5", "-t", "nat",
             "-A", "OUTPUT", "-d", f"{IMDS_IP}/32", "-p", "tcp", "--dport", "80",
             "-m", "comment", "--comment", self.comment,
-            "-j", "DNAT", "--to-destination", f"{proxy.ip}:{proxy.port}"])
+            "-j", "DNAT", "--to-destination", dest or f"{proxy.ip}:{proxy.port}"])
         c.redirected = True
 
     def _unredirect(self, c: Container) -> None:
