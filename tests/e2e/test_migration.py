@@ -383,3 +383,122 @@ def test_sts_region_is_used_for_signing_and_reported_at_startup(mig):
     call = mig.recorder.wait_assume_role(_session_of(c), 5)
     assert call is not None and call.region() == "eu-west-1", \
         "AssumeRole should be signed for eu-west-1" + mig.ctx(p, calls=_session_of(c))
+
+
+# ---------------------------------------------------------------- roleMappingFile
+
+
+class StaticHost:
+    """An address that is not a Docker container: a network namespace of its own,
+    joined to the host by a veth pair on a free private /30. The proxy listens on
+    the host end; in the namespace 169.254.169.254:80 is DNATed to it (rule tagged
+    with the run's comment) and the default route points at the host end, so the
+    namespace also reaches moto on the run's gateway IP. A `sleep` process holds
+    the namespace for `nsenter -t PID -n` (the harness's clients); everything is
+    undone by `close()`, also pushed on the run's cleanup stack."""
+
+    def __init__(self, run: harness.Run):
+        self.run = run
+        self.netns = f"{run.prefix}-mapns"
+        self.host_if, self.ns_if = f"mg{run.runid}h", f"mg{run.runid}n"  # <= 15 chars
+        self.holder: subprocess.Popen | None = None
+        self.closed = False
+        run.cleanup.push(self.close, "remove the mapping test's netns and veth")
+        self.net = self._free_slash30()
+        self.host_ip = str(self.net.network_address + 1)
+        self.ns_ip = str(self.net.network_address + 2)
+        sh(["ip", "netns", "add", self.netns])
+        sh(["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if])
+        sh(["ip", "link", "set", self.ns_if, "netns", self.netns])
+        sh(["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if])
+        sh(["ip", "link", "set", self.host_if, "up"])
+        ns = ["ip", "netns", "exec", self.netns]
+        sh(ns + ["ip", "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if])
+        sh(ns + ["ip", "link", "set", self.ns_if, "up"])
+        sh(ns + ["ip", "link", "set", "lo", "up"])
+        sh(ns + ["ip", "route", "add", "default", "via", self.host_ip])
+        self.holder = subprocess.Popen(ns + ["sleep", "3600"], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       preexec_fn=harness._die_with_parent)
+        # `ip netns exec` execs the command: the holder's pid is in the namespace.
+        pid = self.holder.pid
+        deadline = time.monotonic() + 5
+        want = os.stat(f"/run/netns/{self.netns}").st_ino
+        while self._ns_inode(pid) != want:
+            if time.monotonic() > deadline or self.holder.poll() is not None:
+                raise RuntimeError(f"netns holder did not enter {self.netns}")
+            time.sleep(0.05)
+        self.client = harness.Container(self.netns, "mapns", "", self.ns_ip, pid, {})
+        harness.log(f"netns {self.netns}: {self.ns_ip} <-> host {self.host_if} {self.host_ip}")
+
+    @staticmethod
+    def _ns_inode(pid: int) -> int | None:
+        try:
+            return os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            return None
+
+    @staticmethod
+    def _free_slash30() -> ipaddress.IPv4Network:
+        for _ in range(50):
+            net = ipaddress.ip_network(f"10.{random.randrange(160, 250)}."
+                                       f"{random.randrange(0, 256)}.{random.randrange(0, 64) * 4}/30")
+            if not any(net.overlaps(u) for u in harness.Run._used_subnets() if u.prefixlen > 0):
+                return net
+        raise RuntimeError("no free private /30 found for the mapping test's veth pair")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.holder is not None and self.holder.poll() is None:
+            self.holder.kill()
+            self.holder.wait(5)
+        # Deleting the namespace takes its end of the pair (and its DNAT rule) with it.
+        sh(["ip", "link", "del", self.host_if], check=False)
+        sh(["ip", "netns", "del", self.netns], check=False)
+
+
+def _write_mapping(path, mapping: dict) -> None:
+    """Replace the file as config managers do: a temp file renamed over it."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(json.dumps(mapping))
+    os.replace(tmp, path)
+
+
+def test_role_mapping_file_serves_a_non_docker_address_and_follows_rewrites(mig):
+    """`roleMappingFile` (lyft's ROLE_MAPPING_FILE) gives an address Docker does not
+    know, here a bare network namespace, an alias's role. The file is watched:
+    rewritten (temp file + rename) to another alias, the running proxy serves the
+    new role within seconds, with no restart."""
+    run = mig.run
+    host = StaticHost(run)
+    try:
+        mapping = run.tmp / "mig-mapping.json"
+        _write_mapping(mapping, {host.ns_ip: "first"})
+        p = mig.proxy("proxy-mig-mapping", {"default": "mig-default", "first": "mig-map-one",
+                                             "second": "mig-map-two"},
+                      listen_ip=host.host_ip, roleMappingFile=str(mapping))
+        run.redirect_imds(host.client, p)
+        mig.notes.append(f"netns {host.netns} {host.ns_ip} -> proxy {p.ip}:{p.port}; "
+                         f"mapping file: {mapping.read_text()}")
+        ok, seen = _listing(mig, host.client, "mig-map-one", seconds=5)
+        assert ok, "the mapped address gets alias first's role" + mig.ctx(p, *seen[-2:])
+        cli = _cli_role(mig, p, host.client, "mig-map-one")
+        assert assumed_role(cli.arn)[1] == "ip-" + host.ns_ip.replace(".", "-"), \
+            "session named after the address" + mig.ctx(p, cli)
+        pid = p.proc.pid
+
+        _write_mapping(mapping, {host.ns_ip: "second"})
+        ok, seen = _listing(mig, host.client, "mig-map-two", seconds=10)
+        assert ok, "the rewritten mapping was not served within 10 s" + mig.ctx(p, *seen[-2:])
+        _cli_role(mig, p, host.client, "mig-map-two")
+        assert p.wait_log("role mappings reloaded from", 3.0), mig.ctx(p)
+        assert p.alive() and p.proc.pid == pid, "no restart" + mig.ctx(p)
+
+        # An unmapped address is not given the default role: drop it from the file.
+        _write_mapping(mapping, {})
+        ok, seen = _listing(mig, host.client, None, seconds=10)
+        assert ok, "an address dropped from the file must get nothing" + mig.ctx(p, *seen[-2:])
+    finally:
+        host.close()
