@@ -44,6 +44,7 @@ REGION = "eu-west-1"  # what localMetadata says; the proxy's own region stays us
 ROLES = {"app": "ec2mp-local-app", "default": "ec2mp-local-default"}
 PROXY_SELF_ROLE = "ec2mp-local-proxy-self"
 BROKEN_SOURCE = "ec2mp-no-such-source-profile"
+PROFILE_REGION = "ap-southeast-2"  # the proxy's own region, from its profile
 STARTUP_TIMEOUT = 30.0
 
 
@@ -357,7 +358,7 @@ def test_proxy_own_credentials_from_a_role_arn_source_profile_profile(local, fre
         f"role_arn = {local.self_arn}\n"
         "source_profile = ec2mp-base\n"
         f"role_session_name = {session}\n"
-        "region = us-east-1\n"
+        f"region = {PROFILE_REGION}\n"
         "\n[profile ec2mp-base]\nregion = us-east-1\n")
     creds.write_text("[ec2mp-base]\naws_access_key_id = testing\n"
                      "aws_secret_access_key = testing\n")
@@ -367,12 +368,15 @@ def test_proxy_own_credentials_from_a_role_arn_source_profile_profile(local, fre
     env.update(AWS_CONFIG_FILE=str(cfg), AWS_SHARED_CREDENTIALS_FILE=str(creds),
                AWS_PROFILE="ec2mp-dev")
     before = _assumed_roles(run.moto)
-    proxy = local.start_proxy("proxy-profile", env)
-    assert "sts_region=us-east-1" in proxy.log_text(), local.ctx("region from the profile")
+    # No localMetadata: the synthesised region defaults to the proxy's own.
+    proxy = local.start_proxy("proxy-profile", env, localMetadata={})
+    assert f"sts_region={PROFILE_REGION}" in proxy.log_text(), local.ctx("region from the profile")
 
     c = fresh("app-profile", alias="app")
     cli = run.aws_cli(c)
     _check_role(local, cli, "app", c)
+    region = run.request(c, "GET", "/latest/meta-data/placement/region")
+    assert (region.status, region.body) == (200, PROFILE_REGION), local.ctx(region)
 
     calls = _assumed_roles(run.moto)[len(before):]
     own = [i for i, (arn, name) in enumerate(calls) if arn == local.self_arn and name == session]
