@@ -556,7 +556,8 @@ def _write_outputs(run: harness.Run, clients: dict) -> None:
 
 
 def _doc_rows(text: str) -> dict[str, list[str]]:
-    """client name -> cells of the generated table in docs/compatibility.md."""
+    """first cell ("<client> (<source>)") -> cells of the generated table in
+    docs/compatibility.md."""
     if DOC_BEGIN not in text or DOC_END not in text:
         return {}
     block = text.split(DOC_BEGIN, 1)[1].split(DOC_END, 1)[0]
@@ -564,7 +565,7 @@ def _doc_rows(text: str) -> dict[str, list[str]]:
     for line in block.splitlines():
         cells = [x.strip() for x in line.strip().strip("|").split("|")]
         if len(cells) >= 8 and cells[0] not in ("client", "---"):
-            rows[cells[0].split(" (")[0]] = cells
+            rows[cells[0]] = cells  # "<client> (<source>)"
     return rows
 
 
@@ -584,13 +585,16 @@ def test_compatibility_doc_lists_every_client_with_this_runs_outcome(matrix):
         harness.log(f"rewrote the table in {DOC}")
         return
     documented = _doc_rows(text)
-    missing = [r["client"] for r in rows if r["client"] not in documented]
+    def first_cell(r: dict) -> str:
+        return f"{r['client']} ({r['source']})"
+
+    missing = [r["client"] for r in rows if first_cell(r) not in documented]
     assert not missing, f"{DOC} does not list {missing}; run scripts/e2e.sh --update-docs"
     if not complete:
         pytest.skip("only part of the matrix ran: outcomes not compared")
     diffs = []
     for r in rows:
-        cells = documented[r["client"]]
+        cells = documented[first_cell(r)]
         want = [r["imdsv2"], r["imdsv1"], r["extended"], r["ttl"], r["result"]]
         have = [cells[2], cells[3], cells[4], cells[5], cells[7]]
         if want != have:
