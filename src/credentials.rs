@@ -47,6 +47,22 @@ pub struct Credentials {
     pub expiration: SystemTime,
     /// When the proxy received them; served as `LastUpdated`.
     pub last_updated: SystemTime,
+    /// The response bodies, rendered on first use so that a cached answer
+    /// costs a reference count, not a formatting pass.
+    pub rendered: Rendered,
+}
+
+/// Response bodies that hold the secrets: written once, never printed.
+#[derive(Clone, Default)]
+pub struct Rendered {
+    pub legacy: std::sync::OnceLock<bytes::Bytes>,
+    pub extended: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("** redacted **")
+    }
 }
 
 /// What STS is asked; also the cache key.
@@ -518,6 +534,7 @@ impl AssumeRole for AwsSts {
             session_token: Secret::new(issued.session_token),
             expiration,
             last_updated: SystemTime::now(),
+            rendered: Rendered::default(),
         })
     }
 }
@@ -581,6 +598,7 @@ mod tests {
                 session_token: Secret::new(format!("token{n}")),
                 expiration: now + duration,
                 last_updated: now,
+                rendered: Rendered::default(),
             })
         }
     }
@@ -628,7 +646,13 @@ mod tests {
             session_token: Secret::new("FwoGZXIvYXdzE"),
             expiration: at(0),
             last_updated: at(0),
+            rendered: Rendered::default(),
         };
+        creds
+            .rendered
+            .legacy
+            .set(bytes::Bytes::from_static(b"wJalrXUtnFEMI"))
+            .unwrap();
         let shown = format!("{creds:?}");
         assert!(shown.contains("ASIAEXAMPLE"));
         assert!(

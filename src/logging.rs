@@ -25,6 +25,11 @@ impl LogFormat {
 }
 
 /// Installs the logger. `RUST_LOG` wins over `default_filter`.
+///
+/// Lines go to stderr through one writer thread that batches them: with two
+/// lines per request, a write(2) per line cost more than the request itself.
+/// The queue is bounded, so a stderr that stops draining slows requests
+/// rather than growing memory or dropping lines.
 pub fn init(format: LogFormat, default_filter: &str) {
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter));
@@ -32,7 +37,81 @@ pub fn init(format: LogFormat, default_filter: &str) {
         let line = render(format, &timestamp(), record);
         writeln!(buf, "{line}")
     });
+    builder.target(env_logger::Target::Pipe(Box::new(BatchedStderr::spawn())));
     builder.init();
+}
+
+/// Waits (up to a second) until every line logged so far is written.
+/// Call before the process exits.
+pub fn flush() {
+    let Some(lines) = WRITER.get() else { return };
+    let (done, wait) = std::sync::mpsc::channel();
+    if lines.send(Message::Flush(done)).is_ok() {
+        let _ = wait.recv_timeout(std::time::Duration::from_secs(1));
+    }
+}
+
+/// Lines queued for the writer thread before loggers wait.
+const PENDING_LINES: usize = 16 * 1024;
+
+enum Message {
+    Line(Vec<u8>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// The writer thread's queue, for [`flush`].
+static WRITER: std::sync::OnceLock<std::sync::mpsc::SyncSender<Message>> =
+    std::sync::OnceLock::new();
+
+/// A `Write` that hands each line to the writer thread.
+struct BatchedStderr {
+    lines: std::sync::mpsc::SyncSender<Message>,
+}
+
+impl BatchedStderr {
+    fn spawn() -> BatchedStderr {
+        let (lines, pending) = std::sync::mpsc::sync_channel::<Message>(PENDING_LINES);
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+                while let Ok(first) = pending.recv() {
+                    let mut next = Some(first);
+                    let mut flushed = Vec::new();
+                    while let Some(message) = next {
+                        match message {
+                            Message::Line(line) => {
+                                let _ = out.write_all(&line);
+                            }
+                            Message::Flush(done) => flushed.push(done),
+                        }
+                        next = pending.try_recv().ok();
+                    }
+                    let _ = out.flush();
+                    for done in flushed {
+                        let _ = done.send(());
+                    }
+                }
+            })
+            .expect("spawn the log writer thread");
+        let _ = WRITER.set(lines.clone());
+        BatchedStderr { lines }
+    }
+}
+
+impl Write for BatchedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.lines
+            .send(Message::Line(buf.to_vec()))
+            .map_err(|_| std::io::Error::other("log writer stopped"))?;
+        Ok(buf.len())
+    }
+
+    /// env_logger flushes after every line; the writer thread flushes
+    /// whenever its queue runs empty instead.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn timestamp() -> String {

@@ -94,7 +94,9 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&error, None),
     };
-    runtime.block_on(run(config))
+    let code = runtime.block_on(run(config));
+    logging::flush();
+    code
 }
 
 async fn run(config: Config) -> ExitCode {

@@ -75,6 +75,7 @@ impl AssumeRole for FakeSts {
             session_token: Secret::new(SESSION_TOKEN),
             expiration: issued + duration,
             last_updated: issued,
+            rendered: Default::default(),
         })
     }
 }

@@ -72,8 +72,20 @@ fn json_string(s: &str) -> String {
     serde_json::to_string(s).expect("a str serialises")
 }
 
-/// The credentials document, with `AccountId` on the extended route.
+/// The credentials document, with `AccountId` on the extended route,
+/// rendered once per credentials and then shared.
 pub fn credentials(credentials: &Credentials, account: Option<&str>) -> Response<Full<Bytes>> {
+    let cell = match account {
+        None => &credentials.rendered.legacy,
+        Some(_) => &credentials.rendered.extended,
+    };
+    text(
+        cell.get_or_init(|| render_credentials(credentials, account))
+            .clone(),
+    )
+}
+
+fn render_credentials(credentials: &Credentials, account: Option<&str>) -> Bytes {
     let mut body = String::with_capacity(1400);
     body.push_str("{\n  \"Code\" : \"Success\",\n  \"LastUpdated\" : \"");
     body.push_str(&timestamp(credentials.last_updated));
@@ -91,7 +103,7 @@ pub fn credentials(credentials: &Credentials, account: Option<&str>) -> Response
         body.push_str(&json_string(account));
     }
     body.push_str("\n}");
-    text(body)
+    Bytes::from(body)
 }
 
 /// `iam/info` for the container's role, shaped like an instance profile's.
@@ -138,6 +150,7 @@ mod tests {
             session_token: Secret::new("tok"),
             expiration: UNIX_EPOCH + Duration::from_secs(1_795_381_200),
             last_updated: UNIX_EPOCH + Duration::from_secs(1_795_377_600),
+            rendered: Default::default(),
         };
         let expected = "{\n  \"Code\" : \"Success\",\n  \"LastUpdated\" : \"2026-11-22T20:00:00Z\",\n  \"Type\" : \"AWS-HMAC\",\n  \"AccessKeyId\" : \"ASIAEXAMPLE\",\n  \"SecretAccessKey\" : \"se\\\"cret\",\n  \"Token\" : \"tok\",\n  \"Expiration\" : \"2026-11-22T21:00:00Z\"\n}";
         assert_eq!(body(credentials(&creds, None)).await, expected);
