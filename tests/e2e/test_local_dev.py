@@ -466,3 +466,141 @@ def test_every_failure_of_the_credential_source_names_it(local, fresh):
         lines = [line for line in proxy.log_text().splitlines()
                  if rid in line and " response " in line]
         assert lines and BROKEN_SOURCE in lines[0], "\n".join(lines) + local.ctx()
+
+
+# ---------------------------------------------------------------- the compose example
+#
+# Last in this module on purpose: it takes 169.254.169.254 from the pause container.
+
+COMPOSE_FILE = harness.REPO / "contrib" / "docker-compose.local.yml"
+COMPOSE_UID = 4321  # "you": not root, not the image's 65532
+
+
+def _compose_cli() -> list[str] | None:
+    for argv in (["docker", "compose"], ["docker-compose"]):
+        cp = subprocess.run(argv + ["version"], capture_output=True, text=True)
+        if cp.returncode == 0:
+            return argv
+    return None
+
+
+def _host_binary_image(run: harness.Run) -> str:
+    """An image of the host's proxy binary and the libraries it links, shaped like
+    Dockerfile.run's (user 65532, `ENTRYPOINT ["ec2metaproxy", "-c"]`), made with
+    `docker import` so that no registry and no compiler in Docker are needed."""
+    root = run.tmp / "proxy-rootfs"
+    (root / "usr/local/bin").mkdir(parents=True)
+    binary = harness.proxy_bin()
+    harness.sh(["cp", str(binary), str(root / "usr/local/bin/ec2metaproxy")])
+    for line in harness.sh(["ldd", str(binary)]).stdout.splitlines():
+        parts = line.split()
+        lib = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
+        if lib.startswith("/"):
+            dest = root / lib.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            harness.sh(["cp", "-L", lib, str(dest)])
+    # Like Dockerfile.run: aws-config's HTTPS client panics without any root certificate.
+    (root / "etc/ssl/certs").mkdir(parents=True)
+    harness.sh(["cp", "-L", "/etc/ssl/certs/ca-certificates.crt",
+                str(root / "etc/ssl/certs/ca-certificates.crt")])
+    image = f"{run.prefix}-proxy-image:latest"
+    tar = subprocess.run(["tar", "-C", str(root), "-c", "."], capture_output=True,
+                         check=True).stdout
+    run.cleanup.push(lambda: harness.sh(["docker", "rmi", "-f", image], check=False),
+                     "remove proxy image")
+    subprocess.run(["docker", "import",
+                    "--change", "USER 65532:65532",
+                    "--change", 'ENTRYPOINT ["/usr/local/bin/ec2metaproxy", "-c"]',
+                    "--change", 'CMD ["/etc/ec2metaproxy/config.json"]',
+                    "--change", f"LABEL {RUN_LABEL}={run.runid}",
+                    "-", image], input=tar, capture_output=True, check=True, timeout=120)
+    return image
+
+
+def test_the_compose_example_runs_the_proxy_as_the_user_with_their_aws_profile(local, fresh):
+    """contrib/docker-compose.local.yml, unchanged, with an override file only for
+    what a test must change (names unique to this run, the image, moto's STS):
+    the proxy runs as the developer's uid with the Docker socket's group, binds
+    169.254.169.254:80 as that user, reads a 0600 role_arn profile from the
+    mounted ~/.aws, writes token.key into the state directory, and a labelled
+    container on the network gets its role."""
+    compose = _compose_cli()
+    if compose is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    run = local.run
+    if local.proxy is not None:
+        local.proxy.stop()
+        local.proxy = None
+    run.remove_container(local.holder)  # frees 169.254.169.254 for the compose service
+    image = _host_binary_image(run)
+
+    home = run.tmp / "compose-home"
+    aws = home / ".aws"
+    state = home / ".local" / "state" / "ec2metaproxy"
+    aws.mkdir(parents=True)
+    state.mkdir(parents=True, mode=0o700)
+    session = f"ec2mp-compose-self-{run.runid}"
+    (aws / "config").write_text(
+        "[profile ec2mp-dev]\n"
+        f"role_arn = {local.self_arn}\n"
+        "source_profile = ec2mp-base\n"
+        f"role_session_name = {session}\n"
+        "region = us-east-1\n")
+    (aws / "credentials").write_text("[ec2mp-base]\naws_access_key_id = testing\n"
+                                     "aws_secret_access_key = testing\n")
+    for p in (home, home / ".local", aws, state, aws / "config", aws / "credentials"):
+        os.chown(p, COMPOSE_UID, COMPOSE_UID)
+    for p in (aws / "config", aws / "credentials"):
+        p.chmod(0o600)
+    config = run.tmp / "compose-config.json"
+    config.write_text(json.dumps({
+        "aliasToARN": dict(local.arn_of), "defaultAlias": "default",
+        "listen": f"{IMDS_IP}:80", "metadataURL": None,
+        "localMetadata": {"region": REGION}, "stateDir": "/var/lib/ec2metaproxy",
+        "verbose": True}, indent=2))
+    config.chmod(0o644)
+    container = f"{run.prefix}-compose-proxy"
+    override = run.tmp / "compose-override.yml"
+    override.write_text(json.dumps({  # JSON is YAML
+        "services": {"ec2metaproxy": {
+            "image": image,
+            "container_name": container,
+            "labels": {RUN_LABEL: run.runid},
+            "environment": [f"AWS_ENDPOINT_URL_STS={run.moto.url}"],
+        }},
+        "networks": {"metadata": {"name": local.net.name, "external": True}},
+    }))
+    project = f"{run.prefix}-compose".replace(".", "-")
+    argv = compose + ["-p", project, "-f", str(COMPOSE_FILE), "-f", str(override)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME=str(home), EC2MP_CONFIG=str(config), EC2MP_UID=str(COMPOSE_UID),
+               EC2MP_GID=str(COMPOSE_UID), AWS_PROFILE="ec2mp-dev",
+               DOCKER_GID=str(os.stat("/var/run/docker.sock").st_gid))
+    run.cleanup.push(lambda: harness.sh(argv + ["down", "--timeout", "15"], env=env,
+                                        check=False, timeout=60), "compose down")
+    run.cleanup.push(lambda: harness.sh(["docker", "rm", "-f", container], check=False),
+                     "remove compose proxy")
+    up = harness.sh(argv + ["up", "-d"], env=env, check=False, timeout=120)
+    assert up.returncode == 0, f"compose up failed:\n{up.stdout}\n{up.stderr}"
+
+    def logs() -> str:
+        cp = harness.sh(["docker", "logs", container], check=False)
+        return harness.redact(cp.stdout + cp.stderr)
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while f"listen={IMDS_IP}:80" not in logs() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    inspect = harness.sh(["docker", "inspect", "--format",
+                          "{{.Config.User}} {{.State.Running}}", container]).stdout.split()
+    assert f"listen={IMDS_IP}:80" in logs(), f"the compose proxy did not start:\n{logs()}"
+    assert inspect == [f"{COMPOSE_UID}:{COMPOSE_UID}", "true"], inspect
+
+    c = fresh("compose-app", alias="app")
+    cli = run.aws_cli(c)
+    assert cli.ok and assumed_role(cli.arn) and assumed_role(cli.arn)[0] == ROLES["app"], (
+        cli.describe() + "\ncompose proxy log:\n" + logs()[-4000:])
+    key = state / "token.key"
+    assert key.exists() and (key.stat().st_mode & 0o777) == 0o600, "token.key in the state dir"
+    assert key.stat().st_uid == COMPOSE_UID, "token.key written by the user the proxy runs as"
+    assert any(arn == local.self_arn and name == session
+               for arn, name in _assumed_roles(run.moto)), "the proxy assumed its own role"
