@@ -95,6 +95,8 @@ impl Default for FakeSts {
 pub(crate) struct FakeUpstream {
     addr: SocketAddr,
     pub(crate) hits: Arc<Mutex<HashMap<String, usize>>>,
+    /// What `/latest/meta-data/` answers instead of the canary, when set.
+    pub(crate) listing: Arc<Mutex<Option<String>>>,
 }
 
 impl FakeUpstream {
@@ -103,19 +105,30 @@ impl FakeUpstream {
         let addr = listener.local_addr().unwrap();
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let counted = hits.clone();
+        let listing: Arc<Mutex<Option<String>>> = Arc::default();
+        let listed = listing.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let counted = counted.clone();
+                let listing = listed.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: http::Request<_>| {
                         let path = request.uri().path().to_string();
                         *counted.lock().unwrap().entry(path.clone()).or_default() += 1;
+                        let listing = listing.clone();
                         async move {
                             let body = if request.method() == http::Method::PUT {
                                 "upstream-token".to_string()
+                            } else if let Some(listing) = listing
+                                .lock()
+                                .unwrap()
+                                .clone()
+                                .filter(|_| path == "/latest/meta-data/")
+                            {
+                                listing
                             } else {
                                 format!("CANARY {path}")
                             };
@@ -130,7 +143,11 @@ impl FakeUpstream {
                 });
             }
         });
-        FakeUpstream { addr, hits }
+        FakeUpstream {
+            addr,
+            hits,
+            listing,
+        }
     }
 
     fn hits(&self, path: &str) -> usize {
@@ -650,6 +667,16 @@ mod routing {
             1,
             "the upstream token is reused"
         );
+    }
+
+    #[tokio::test]
+    async fn the_upstream_meta_data_listing_leaves_out_identity_credentials() {
+        let f = fixture().await;
+        *f.upstream.listing.lock().unwrap() =
+            Some("ami-id\nidentity-credentials/\niam/\ninstance-id".into());
+        let answer = f.send(WEB_IP, "GET /latest/meta-data/ HTTP/1.1\n").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "ami-id\niam/\ninstance-id");
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
@@ -321,6 +322,9 @@ impl Imds {
             };
         };
         match upstream.fetch(method, path).await {
+            Ok(response) if is_meta_data_index(path) => {
+                Reply::new(without_identity_entries(response))
+            }
             Ok(response) => Reply::new(response),
             Err(error) => Reply::status(StatusCode::BAD_GATEWAY, error.to_string()),
         }
@@ -381,6 +385,34 @@ impl RoleLookup for NoLookup {
             "no account for role \"{name}\": set defaultAccountId or write name@account"
         ))
     }
+}
+
+/// `/VERSION/meta-data/`: the listing of metadata categories.
+fn is_meta_data_index(path: &str) -> bool {
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    segments.next().is_some() && segments.next() == Some("meta-data") && segments.next().is_none()
+}
+
+/// The host's listing names categories a container can never read here;
+/// leave out the one that exists only to hand out the host's identity.
+fn without_identity_entries(response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let (parts, body) = response.into_parts();
+    let Some(body) = body.collect().now_or_never().and_then(|b| b.ok()) else {
+        return Response::from_parts(parts, Full::new(Bytes::new()));
+    };
+    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    let kept: Vec<&str> = text
+        .split('\n')
+        .filter(|entry| {
+            !entry
+                .trim_end_matches('/')
+                .eq_ignore_ascii_case("identity-credentials")
+        })
+        .collect();
+    let mut parts = parts;
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Full::new(Bytes::from(kept.join("\n"))))
 }
 
 fn route_kind(route: &Route) -> &'static str {
