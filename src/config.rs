@@ -131,6 +131,11 @@ pub const RESTART_KEYS: &[(&str, ReadSetting)] = &[
     ("localMetadata", |c| {
         format!("{:?}", c.local_metadata_overrides)
     }),
+    ("stsRegion", |c| format!("{:?}", c.sts_region)),
+    ("roleMappingFile", |c| format!("{:?}", c.role_mapping_file)),
+    // Which environment variables are kept is decided when Docker is listed.
+    ("roleEnv", |c| format!("{:?}", c.roles.role_env)),
+    ("roleSessionKey", |c| format!("{:?}", c.roles.session_key)),
 ];
 
 impl Config {
@@ -934,6 +939,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(before.needs_restart(&after), vec!["listen", "logFormat"]);
+        let env_roles = Config::parse(
+            r#"{"aliasToARN": {"default": "arn:aws:iam::123456789012:role/Default"},
+                "defaultAlias": "default", "roleEnv": "IAM_ROLE", "stsRegion": "eu-west-1"}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            before.needs_restart(&env_roles),
+            vec!["stsRegion", "roleEnv"]
+        );
         assert!(before.needs_restart(&before.clone()).is_empty());
     }
 

@@ -179,7 +179,13 @@ impl CredentialCache {
     /// Whether requests can be answered: STS reachable as far as we know, or
     /// credentials cached to serve meanwhile.
     pub fn ready(&self) -> Result<(), String> {
-        if self.sts_unreachable.load(Ordering::Relaxed) && self.is_empty() {
+        let any_cached = self
+            .slots
+            .read()
+            .unwrap()
+            .values()
+            .any(|slot| slot.current.load().is_some());
+        if self.sts_unreachable.load(Ordering::Relaxed) && !any_cached {
             Err("STS is unreachable and no credentials are cached".into())
         } else {
             Ok(())
@@ -557,6 +563,8 @@ mod tests {
         calls: AtomicUsize,
         now: Mutex<SystemTime>,
         failing: Mutex<bool>,
+        /// Fail as a network error would, with no answer from STS.
+        unreachable: Mutex<bool>,
         delay: Duration,
     }
 
@@ -566,6 +574,7 @@ mod tests {
                 calls: AtomicUsize::new(0),
                 now: Mutex::new(at(0)),
                 failing: Mutex::new(false),
+                unreachable: Mutex::new(false),
                 delay,
             })
         }
@@ -583,6 +592,14 @@ mod tests {
         ) -> Result<Credentials, StsError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::time::sleep(self.delay).await;
+            if *self.unreachable.lock().unwrap() {
+                return Err(StsError {
+                    role_arn: request.role_arn.to_string(),
+                    session_name: request.session_name.to_string(),
+                    code: NO_RESPONSE.into(),
+                    message: "dispatch failure: connection refused".into(),
+                });
+            }
             if *self.failing.lock().unwrap() {
                 return Err(StsError {
                     role_arn: request.role_arn.to_string(),
@@ -784,6 +801,23 @@ mod tests {
             3,
             "a new container with that session starts fresh"
         );
+    }
+
+    #[tokio::test]
+    async fn not_ready_while_sts_cannot_be_reached_and_nothing_is_cached() {
+        let sts = CountingSts::new(Duration::ZERO);
+        let cache = CredentialCache::new(sts.clone(), Timing::for_duration(HOUR));
+        assert!(cache.ready().is_ok(), "nothing known yet");
+        *sts.unreachable.lock().unwrap() = true;
+        assert!(cache.get(&request("a"), at(0)).await.is_err());
+        assert_eq!(
+            cache.ready(),
+            Err("STS is unreachable and no credentials are cached".into()),
+            "a failed key holds no credentials"
+        );
+        *sts.unreachable.lock().unwrap() = false;
+        cache.get(&request("a"), at(0)).await.unwrap();
+        assert!(cache.ready().is_ok());
     }
 
     #[tokio::test]

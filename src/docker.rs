@@ -454,7 +454,7 @@ impl Watcher {
         index.publish(&self.by_id);
         for (id, container) in &self.by_id {
             let known = self.published.get(id);
-            if known.is_none_or(|old| !Arc::ptr_eq(old, container)) {
+            if known.is_none_or(|old| **old != **container) {
                 let _ = index.changes.send(IndexChange::Up(container.clone()));
             }
         }

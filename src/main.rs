@@ -87,6 +87,13 @@ fn main() -> ExitCode {
         &format!("warn,ec2metaproxy={default_level}"),
     );
 
+    // With no metadata service, aws-config's chain must not look for the
+    // proxy's own credentials at 169.254.169.254: that is this proxy, asking
+    // itself (each attempt times out after a second). Set before any thread starts.
+    if config.metadata_url.is_none() && std::env::var_os("AWS_EC2_METADATA_DISABLED").is_none() {
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    }
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -81,27 +81,19 @@ pub fn reload(path: &Path, shared: &ArcSwap<Config>) -> Outcome {
     Outcome::Applied { restart_needed }
 }
 
-type LiveSettings<'a> = (
-    std::collections::BTreeMap<&'a str, &'a str>,
-    &'a str,
-    Option<&'a str>,
-    bool,
-    &'a [String],
-);
-
-/// The settings a reload can change, in a comparable form.
-fn live_settings(config: &Config) -> LiveSettings<'_> {
-    (
-        config
-            .roles
-            .aliases
-            .iter()
-            .map(|(alias, role)| (alias.as_str(), role.arn.as_str()))
-            .collect(),
-        &config.roles.default_alias,
-        config.roles.default_policy.as_deref(),
+/// The settings a reload can change, in a comparable form (maps sorted).
+fn live_settings(config: &Config) -> String {
+    let roles = &config.roles;
+    let aliases: std::collections::BTreeMap<&String, _> = roles.aliases.iter().collect();
+    let accounts: std::collections::BTreeMap<&String, _> = roles.account_map.iter().collect();
+    format!(
+        "{aliases:?} {:?} {:?} {:?} {accounts:?} {:?} {:?} {:?}",
+        roles.default_alias,
+        roles.default_policy,
+        roles.allow_unmapped,
+        roles.default_account,
         config.require_token,
-        &config.passthrough,
+        config.passthrough,
     )
 }
 
@@ -117,9 +109,17 @@ pub fn spawn(path: PathBuf, shared: Arc<ArcSwap<Config>>) -> Result<(), notify::
 /// Calls `on_change` after `path` changes on disk (once per burst of
 /// writes) and on every SIGHUP.
 pub fn watch(path: PathBuf, on_change: impl Fn() + Send + 'static) -> Result<(), notify::Error> {
+    // SIGHUP first: its default action ends the process, so the handler
+    // must be in place even when the file cannot be watched.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(notify::Error::io)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let file_name = path.file_name().map(|n| n.to_os_string());
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let directory = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             let ours = event
                 .paths
@@ -129,14 +129,15 @@ pub fn watch(path: PathBuf, on_change: impl Fn() + Send + 'static) -> Result<(),
                 let _ = tx.send(());
             }
         }
-    })?;
-    let directory = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
+    })
+    .and_then(|mut watcher| {
+        watcher.watch(&directory, RecursiveMode::NonRecursive)?;
+        Ok(watcher)
+    });
+    let (watcher, result) = match watcher {
+        Ok(watcher) => (Some(watcher), Ok(())),
+        Err(error) => (None, Err(error)),
     };
-    watcher.watch(&directory, RecursiveMode::NonRecursive)?;
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(notify::Error::io)?;
     tokio::spawn(async move {
         // The watcher stops when dropped: it lives as long as this task.
         let _watcher = watcher;
@@ -154,7 +155,7 @@ pub fn watch(path: PathBuf, on_change: impl Fn() + Send + 'static) -> Result<(),
             on_change();
         }
     });
-    Ok(())
+    result
 }
 
 #[cfg(test)]
@@ -206,6 +207,32 @@ mod tests {
         };
         assert!(message.ends_with("key \"aliasToARN.web\": \"nope\" is not an IAM role ARN (expected arn:aws:iam::ACCOUNT:role/NAME)"), "{message}");
         assert_eq!(shared.load().roles.get("web").unwrap().arn.name(), "Web");
+    }
+
+    #[test]
+    fn a_change_to_an_alias_objects_external_id_alone_is_applied() {
+        let (_dir, path, shared) = setup();
+        std::fs::write(
+            &path,
+            r#"{"aliasToARN": {"web": {"arn": "arn:aws:iam::123456789012:role/Web", "externalId": "new-id"}}, "defaultAlias": "web"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            reload(&path, &shared),
+            Outcome::Applied {
+                restart_needed: vec![]
+            }
+        );
+        assert_eq!(
+            shared
+                .load()
+                .roles
+                .get("web")
+                .unwrap()
+                .external_id
+                .as_deref(),
+            Some("new-id")
+        );
     }
 
     #[test]
