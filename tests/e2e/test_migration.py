@@ -62,9 +62,10 @@ class Mig:
     def proxy(self, name: str, aliases: dict, default: str = "default",
               listen_ip: str | None = None, **extra) -> harness.Proxy:
         """A proxy with its own config; its STS endpoint is the recorder.
-        `aliases` maps alias -> role name, or -> an alias object (used as is)."""
+        `aliases` maps alias -> role name (in moto's account), role ARN or alias object."""
         run = self.run
-        alias_to_arn = {a: (role_arn(v) if isinstance(v, str) else v) for a, v in aliases.items()}
+        alias_to_arn = {a: (role_arn(v) if isinstance(v, str) and not v.startswith("arn:") else v)
+                        for a, v in aliases.items()}
         state = run.tmp / f"{name}-state"
         state.mkdir(mode=0o700, exist_ok=True)
         config = {
@@ -540,3 +541,54 @@ def test_alias_object_edit_applies_live_or_is_reported(mig):
     assert call is not None and (call.get("ExternalId") == new or restart_warned), \
         "the edited externalId was neither applied nor reported" \
         + mig.ctx(p, calls=lambda c: c.get("ExternalId") in (old, new))
+
+
+# ---------------------------------------------------------------- the documented conversion
+
+MIGRATING_DOC = harness.REPO / "docs" / "migrating.md"
+
+
+def _worked_example_config() -> dict:
+    """The ec2metaproxy config of docs/migrating.md's worked example: the first
+    ```json block there that sets roleEnv."""
+    import re
+    for block in re.findall(r"```json\n(.*?)```", MIGRATING_DOC.read_text(), re.S):
+        if '"roleEnv"' in block and '"aliasToARN"' in block:
+            return json.loads(block)
+    raise AssertionError(f"no config with roleEnv in {MIGRATING_DOC}")
+
+
+def test_the_worked_example_config_in_docs_migrating_md_does_what_it_says(mig):
+    """The converted config printed in docs/migrating.md loads as written (only the
+    host-specific keys replaced: listen, stateDir, metadataURL, roleMappingFile)
+    and serves the lyft-era containers it describes: IAM_ROLE=web, worker@prod
+    (an alias with '@'), etl@data with IAM_EXTERNAL_ID, none at all (the default),
+    and session names from the com.example.service label."""
+    run = mig.run
+    doc = _worked_example_config()
+    mapping = run.tmp / "mig-doc-mapping.json"
+    _write_mapping(mapping, {})
+    extra = {k: v for k, v in doc.items() if k not in (
+        "aliasToARN", "defaultAlias", "listen", "stateDir", "metadataURL", "dockerHost",
+        "roleMappingFile", "verbose")}
+    p = mig.proxy("proxy-mig-doc", doc["aliasToARN"], default=doc["defaultAlias"],
+                  roleMappingFile=str(mapping), **extra)
+    assert p.wait_log("sts_region=eu-west-1", 5.0), mig.ctx(p)
+    ext = f"etl-{run.runid}"
+    cases = [
+        ("mig-doc-web", {"IAM_ROLE": "web"}, "web", ACCOUNT, None),
+        ("mig-doc-worker", {"IAM_ROLE": "worker@prod"}, "worker", ACCOUNT, None),
+        ("mig-doc-etl", {"IAM_ROLE": "etl@data", "IAM_EXTERNAL_ID": ext}, "etl",
+         OTHER_ACCOUNT, ext),
+        ("mig-doc-none", {}, "app-default", ACCOUNT, None),
+    ]
+    for short, env, role, account, external_id in cases:
+        c = mig.container(short, p, env=env)
+        _cli_role(mig, p, c, role, account)
+        call = mig.recorder.wait_assume_role(_session_of(c), 5)
+        assert call and call.get("RoleArn") == role_arn(role, account) \
+            and call.get("ExternalId") == external_id, mig.ctx(p, calls=_session_of(c))
+    labelled = mig.container("mig-doc-label", p, env={"IAM_ROLE": "web"},
+                             labels={"com.example.service": f"billing api {run.runid}"})
+    cli = _cli_role(mig, p, labelled, "web")
+    assert assumed_role(cli.arn)[1] == f"billing-api-{run.runid}", mig.ctx(p, cli)
