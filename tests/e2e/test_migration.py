@@ -508,23 +508,17 @@ def test_role_mapping_file_serves_a_non_docker_address_and_follows_rewrites(mig)
 # ---------------------------------------------------------------- live reload of the migration keys
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: src/reload.rs compares only alias->ARN, defaultAlias, defaultPolicy, "
-    "requireToken and passthrough (live_settings), so an edit that changes only an alias "
-    "object's externalId/policy/durationSeconds (or allowUnmappedRoles, accountMap, "
-    "defaultAccountId) is judged 'unchanged' and silently not applied; roleEnv, "
-    "roleSessionKey, stsRegion and roleMappingFile are kept without the 'takes effect "
-    "after a restart' warning"))
-def test_alias_object_edit_applies_live_or_is_reported(mig):
-    """An operator rotating a partner's external ID edits the alias object and
-    expects the running proxy to use the new one for new sessions (or to say that
-    a restart is needed). Here: externalId A -> B, then SIGHUP, then a new
-    container, whose AssumeRole must carry B."""
+def test_alias_object_edit_applies_live_and_restart_only_keys_are_named(mig):
+    """An operator rotating a partner's external ID edits the alias object: the
+    running proxy uses the new one for new sessions, with no restart. An edit
+    of a migration key that is only read at startup (here roleSessionKey) is
+    named in the log as needing a restart, and the running value stays."""
     run = mig.run
     old, new = f"ext-old-{run.runid}", f"ext-new-{run.runid}"
     aliases = {"default": "mig-default",
                "partner": {"arn": role_arn("mig-partner"), "externalId": old}}
     p = mig.proxy("proxy-mig-reload", aliases, roleEnv="IAM_ROLE")
+    pid = p.proc.pid
     first = mig.container("mig-reload-1", p, env={"IAM_ROLE": "partner"})
     call = mig.recorder.wait_assume_role(_session_of(first), 10)
     assert call is not None and call.get("ExternalId") == old, mig.ctx(p)
@@ -533,14 +527,23 @@ def test_alias_object_edit_applies_live_or_is_reported(mig):
     edited["aliasToARN"]["partner"]["externalId"] = new
     p.rewrite_config(edited)
     p.reload()
-    time.sleep(1.5)
     mig.notes.append("config after the edit: " + json.dumps(edited["aliasToARN"]["partner"]))
+    assert _log_line(p, "config reloaded from", str(p.config_path), timeout=5.0), \
+        "the edit should be applied" + mig.ctx(p)
     second = mig.container("mig-reload-2", p, env={"IAM_ROLE": "partner"})
     call = mig.recorder.wait_assume_role(_session_of(second), 10)
-    restart_warned = "takes effect after a restart" in p.log_text()
-    assert call is not None and (call.get("ExternalId") == new or restart_warned), \
-        "the edited externalId was neither applied nor reported" \
+    assert call is not None and call.get("ExternalId") == new, \
+        "the edited externalId was not used for a new session" \
         + mig.ctx(p, calls=lambda c: c.get("ExternalId") in (old, new))
+
+    restart_only = dict(edited, roleSessionKey="Env:JOB_ID")
+    p.rewrite_config(restart_only)
+    assert _log_line(p, 'config key "roleSessionKey" changed', "takes effect after a restart",
+                     timeout=5.0), "a restart-only key must be named" + mig.ctx(p)
+    third = mig.container("mig-reload-3", p, env={"IAM_ROLE": "partner", "JOB_ID": "job-9"})
+    call = mig.recorder.wait_assume_role(_session_of(third), 10)
+    assert call is not None, "the running roleSessionKey (none) still applies" + mig.ctx(p)
+    assert p.alive() and p.proc.pid == pid, "no restart" + mig.ctx(p)
 
 
 # ---------------------------------------------------------------- the documented conversion
