@@ -186,7 +186,7 @@ impl CredentialCache {
             .values()
             .any(|slot| slot.current.load().is_some());
         if self.sts_unreachable.load(Ordering::Relaxed) && !any_cached {
-            Err("STS is unreachable and no credentials are cached".into())
+            Err("STS cannot be called (network, or the proxy's own credentials) and no credentials are cached".into())
         } else {
             Ok(())
         }
@@ -398,6 +398,30 @@ pub fn spawn_refresher(cache: &Arc<CredentialCache>) {
 /// `AWS_ENDPOINT_URL` are honoured there).
 pub struct AwsSts {
     client: aws_sdk_sts::Client,
+    /// The first failure of the proxy's own credential source. aws-config
+    /// reports it once; later calls only say the error was "already taken",
+    /// so it is repeated to keep naming the source that failed.
+    source_failure: SourceFailure,
+}
+
+/// Remembers the first failure of the proxy's own credential source.
+#[derive(Default)]
+struct SourceFailure(std::sync::Mutex<Option<String>>);
+
+impl SourceFailure {
+    fn explain(&self, message: String) -> String {
+        let mut first = self.0.lock().unwrap();
+        if message.contains("already taken") {
+            if let Some(first) = first.as_ref() {
+                return format!(
+                    "{message} (the proxy's credential source failed earlier: {first})"
+                );
+            }
+        } else if message.contains("credentials") && first.is_none() {
+            *first = Some(message.clone());
+        }
+        message
+    }
 }
 
 /// STS's global endpoint lives in us-east-1; used when nothing names a region,
@@ -435,6 +459,7 @@ impl AwsSts {
         (
             AwsSts {
                 client: aws_sdk_sts::Client::from_conf(sts),
+                source_failure: SourceFailure::default(),
             },
             config,
             region,
@@ -526,7 +551,9 @@ impl AssumeRole for AwsSts {
                 ),
                 None => error(
                     NO_RESPONSE,
-                    aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                    self.source_failure.explain(
+                        aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                    ),
                 ),
             })?;
         let issued = output
@@ -812,12 +839,23 @@ mod tests {
         assert!(cache.get(&request("a"), at(0)).await.is_err());
         assert_eq!(
             cache.ready(),
-            Err("STS is unreachable and no credentials are cached".into()),
+            Err("STS cannot be called (network, or the proxy's own credentials) and no credentials are cached".into()),
             "a failed key holds no credentials"
         );
         *sts.unreachable.lock().unwrap() = false;
         cache.get(&request("a"), at(0)).await.unwrap();
         assert!(cache.ready().is_ok());
+    }
+
+    #[test]
+    fn a_credential_source_failure_keeps_being_named() {
+        let failure = SourceFailure::default();
+        let first = "dispatch failure: failed to load credentials: profile `dev` was not defined";
+        assert_eq!(failure.explain(first.into()), first);
+        assert_eq!(
+            failure.explain("dispatch failure: credentials error already taken".into()),
+            format!("dispatch failure: credentials error already taken (the proxy's credential source failed earlier: {first})")
+        );
     }
 
     #[tokio::test]

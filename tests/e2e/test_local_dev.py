@@ -432,9 +432,6 @@ def test_a_failing_credential_source_is_named_in_the_log(local, fresh):
     assert proxy.alive(), "a failing credential source must not stop the proxy" + local.ctx()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "CredentialCache::ready() reports not-ready only when the cache has no keys, and a "
-    "failed AssumeRole leaves its key behind with no credentials, so /readyz says ready"))
 def test_readyz_is_not_ready_while_the_proxy_has_no_credentials_of_its_own(local, fresh):
     """/readyz is documented as "STS answers, or credentials are cached to serve
     meanwhile". With no credentials of its own the proxy has neither: every
@@ -448,10 +445,6 @@ def test_readyz_is_not_ready_while_the_proxy_has_no_credentials_of_its_own(local
     assert status == 503 and body.startswith("not ready: "), (status, body, proxy.tail(5))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "aws-config's profile provider reports its error once; later AssumeRole failures say "
-    "'profile file credentials provider initialization error already taken', so the "
-    "response line of the failing request does not name the source"))
 def test_every_failure_of_the_credential_source_names_it(local, fresh):
     """Not only the first failure: the response line of a container's failed request
     (the line an operator finds by the request ID) should name the failing source."""
