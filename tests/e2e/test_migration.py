@@ -334,6 +334,13 @@ def test_external_id_policy_and_duration_reach_sts(mig):
     assert call.get("ExternalId") == cfg_ext and call.get("DurationSeconds") == "1800", \
         mig.ctx(p, calls=_session_of(labelled))
 
+    # IAM_EXTERNAL_ID is read while roleEnv is set, for labelled containers too
+    # (docs/migrating.md: move it into the alias before dropping roleEnv).
+    labelled_env = mig.container("mig-ext-label-env", p, alias="envapp",
+                                 env={"IAM_EXTERNAL_ID": env_ext})
+    call = sent(labelled_env, "mig-env-app")
+    assert call.get("ExternalId") == env_ext, mig.ctx(p, calls=_session_of(labelled_env))
+
 
 # ---------------------------------------------------------------- session names
 
