@@ -207,12 +207,18 @@ def test_role_env_names_an_alias_the_label_still_wins_and_unmapped_values_get_no
     default role."""
     run = mig.run
     p = mig.proxy("proxy-mig-env", {"default": "mig-default", "envapp": "mig-env-app",
-                                     "labelled": "mig-label"}, roleEnv="IAM_ROLE")
+                                     "labelled": "mig-label",
+                                     role_arn("mig-full"): role_arn("mig-full")},
+                  roleEnv="IAM_ROLE")
     by_env = mig.container("mig-env", p, env={"IAM_ROLE": "envapp"})
     _cli_role(mig, p, by_env, "mig-env-app")
 
     both = mig.container("mig-env-label", p, env={"IAM_ROLE": "envapp"}, alias="labelled")
     _cli_role(mig, p, both, "mig-label")
+
+    # docker-ec2-metadata's containers carry whole ARNs: an alias may be named by one.
+    by_arn = mig.container("mig-env-arn", p, env={"IAM_ROLE": role_arn("mig-full")})
+    _cli_role(mig, p, by_arn, "mig-full")
 
     neither = mig.container("mig-env-none", p)
     ok, seen = _listing(mig, neither, "mig-default", seconds=5)
