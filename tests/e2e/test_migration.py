@@ -514,6 +514,17 @@ def test_role_mapping_file_serves_a_non_docker_address_and_follows_rewrites(mig)
         _write_mapping(mapping, {})
         ok, seen = _listing(mig, host.client, None, seconds=10)
         assert ok, "an address dropped from the file must get nothing" + mig.ctx(p, *seen[-2:])
+
+        # A mapping to an alias the config does not have fails closed too.
+        reloads = p.log_text().count("role mappings reloaded from")
+        _write_mapping(mapping, {host.ns_ip: "no-such-alias"})
+        deadline = time.monotonic() + 5
+        while p.log_text().count("role mappings reloaded from") <= reloads:
+            assert time.monotonic() < deadline, "mapping file edit not reloaded" + mig.ctx(p)
+            time.sleep(0.1)
+        r = run.request(host.client, "GET", CREDS_PATH)
+        assert r.status == 404, mig.ctx(p, r)
+        assert _log_line(p, "status=404", "no-such-alias"), "the reason names it" + mig.ctx(p, r)
     finally:
         host.close()
 
