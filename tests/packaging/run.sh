@@ -5,6 +5,9 @@
 #   test_firewall*.py  scripts/setup-firewall.sh on a test bridge: a container's
 #                      plain request to 169.254.169.254 reaches the proxy
 #                      (target/debug/ec2metaproxy) through the host's DNAT
+#   test_systemd.py    contrib/ec2metaproxy.service under a real systemd (a
+#                      debootstrapped root booted as a container, no network):
+#                      starts, runs unprivileged and sandboxed, reloads, stops
 #   test_image.py      `LOCAL_BASES=1 make docker` (two stages, base images built
 #                      locally with debootstrap, no registry), then the image run
 #                      with the Docker socket and --network host serves a
