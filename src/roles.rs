@@ -191,12 +191,13 @@ pub async fn assign(
     container: &Container,
     lookup: &dyn RoleLookup,
 ) -> Result<Assignment, RoleError> {
+    let mut chosen_by_env = false;
     let role = match container.labels.get(ROLE_ALIAS_LABEL) {
         Some(alias) => roles
             .get(alias)
             .cloned()
             .ok_or_else(|| RoleError::UnknownAlias(alias.clone()))?,
-        None => match env_role(roles, container) {
+        None => match env_role(roles, container).inspect(|_| chosen_by_env = true) {
             Some((variable, value)) => match roles.get(value) {
                 Some(role) => role.clone(),
                 None if roles.allow_unmapped => {
@@ -222,10 +223,12 @@ pub async fn assign(
         ),
         None => role.policy.clone().or_else(|| roles.default_policy.clone()),
     };
-    let container_external_id = roles
-        .role_env
-        .as_ref()
-        .and_then(|_| container.env.get(EXTERNAL_ID_ENV))
+    // The operator's external ID always wins: it guards the role against a
+    // confused deputy, so a container must not be able to replace it. A
+    // container's own IAM_EXTERNAL_ID only accompanies a role it chose itself.
+    let container_external_id = chosen_by_env
+        .then(|| container.env.get(EXTERNAL_ID_ENV))
+        .flatten()
         .map(|id| Arc::from(id.as_str()));
     let session = match &roles.session_key {
         Some(SessionKey::Label(name)) => container.labels.get(name),
@@ -233,7 +236,7 @@ pub async fn assign(
         None => None,
     };
     Ok(Assignment {
-        external_id: container_external_id.or_else(|| role.external_id.clone()),
+        external_id: role.external_id.clone().or(container_external_id),
         policy,
         session_name: match session {
             Some(value) if !value.is_empty() => Arc::from(session_name(value, "")),
@@ -458,6 +461,41 @@ mod tests {
             &[("IAM_ROLE", "partner")],
         );
         assert_eq!(pick(&roles, &labelled).await.unwrap().role.alias, "default");
+    }
+
+    #[tokio::test]
+    async fn a_container_cannot_replace_the_operators_external_id() {
+        let roles =
+            env_roles(r#", "allowUnmappedRoles": true, "defaultAccountId": "555555555555""#);
+        let both = with_env(
+            container(&[]),
+            &[("IAM_ROLE", "partner"), ("IAM_EXTERNAL_ID", "from-env")],
+        );
+        assert_eq!(
+            pick(&roles, &both).await.unwrap().external_id.as_deref(),
+            Some("from-config")
+        );
+        let unmapped = with_env(
+            container(&[]),
+            &[("IAM_ROLE", "Other"), ("IAM_EXTERNAL_ID", "from-env")],
+        );
+        assert_eq!(
+            pick(&roles, &unmapped)
+                .await
+                .unwrap()
+                .external_id
+                .as_deref(),
+            Some("from-env")
+        );
+        let labelled = with_env(
+            container(&[(ROLE_ALIAS_LABEL, "default")]),
+            &[("IAM_EXTERNAL_ID", "from-env")],
+        );
+        assert_eq!(
+            pick(&roles, &labelled).await.unwrap().external_id,
+            None,
+            "a label chose the role"
+        );
     }
 
     #[tokio::test]

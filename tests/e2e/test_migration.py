@@ -296,8 +296,9 @@ def test_bare_unmapped_name_without_default_account_is_resolved_with_iam_get_rol
 def test_external_id_policy_and_duration_reach_sts(mig):
     """An alias object's `externalId`, `policy` and `durationSeconds`, and a
     container's `IAM_EXTERNAL_ID`, are sent in AssumeRole (seen by the recorder in
-    front of moto, which does not check them). The container's variable wins over
-    the alias's externalId; a label-selected alias object applies as well."""
+    front of moto, which does not check them). The operator's externalId wins over
+    the container's variable (it guards against a confused deputy), and the
+    variable only accompanies a role the container chose by environment."""
     run = mig.run
     cfg_ext, env_ext = f"cfg-ext-{run.runid}", f"env-ext-{run.runid}"
     policy = {"Version": "2012-10-17", "Statement": [
@@ -332,20 +333,20 @@ def test_external_id_policy_and_duration_reach_sts(mig):
     both = mig.container("mig-ext-both", p, env={"IAM_ROLE": "partner",
                                                  "IAM_EXTERNAL_ID": env_ext})
     call = sent(both, "mig-partner")
-    assert call.get("ExternalId") == env_ext, \
-        "IAM_EXTERNAL_ID wins over the alias's externalId" + mig.ctx(p, calls=_session_of(both))
+    assert call.get("ExternalId") == cfg_ext, \
+        "the alias's externalId wins over IAM_EXTERNAL_ID" + mig.ctx(p, calls=_session_of(both))
 
     labelled = mig.container("mig-ext-label", p, alias="partner")
     call = sent(labelled, "mig-partner")
     assert call.get("ExternalId") == cfg_ext and call.get("DurationSeconds") == "1800", \
         mig.ctx(p, calls=_session_of(labelled))
 
-    # IAM_EXTERNAL_ID is read while roleEnv is set, for labelled containers too
-    # (docs/migrating.md: move it into the alias before dropping roleEnv).
+    # A label chose the role: the container's IAM_EXTERNAL_ID is not sent
+    # (docs/migrating.md: move it into the alias before relabelling).
     labelled_env = mig.container("mig-ext-label-env", p, alias="envapp",
                                  env={"IAM_EXTERNAL_ID": env_ext})
     call = sent(labelled_env, "mig-env-app")
-    assert call.get("ExternalId") == env_ext, mig.ctx(p, calls=_session_of(labelled_env))
+    assert call.get("ExternalId") is None, mig.ctx(p, calls=_session_of(labelled_env))
 
 
 # ---------------------------------------------------------------- session names
