@@ -540,6 +540,9 @@ def bench_n(args, tmp, n, sock, counter_port, load_ips, r):
         if args.profile:
             r["a_warn"]["perf"] = profile(args, servers["a_warn"].proc.pid, servers["a_warn"].port,
                                           load_ips, tmp, n)
+            log("perf, (a) RUST_LOG=warn, N=%d (self time by symbol):\n%s" % (
+                n, "\n".join(l.rstrip().rstrip("- ") for l in r["a_warn"]["perf"].splitlines()
+                          if l.strip() and not l.startswith("#"))))
         a = servers["a"]
         calls1 = assume_role_calls(counter_port)
         r["a"]["new_now"] = new_container_latency(a.port, sock, 10 * n % 997, 0)

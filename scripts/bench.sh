@@ -44,7 +44,7 @@ need() {
 # venv NAME REQUIREMENTS [extra pip args for a second, --no-deps install]
 venv() {
     local dir="$VENV/$1" reqs="$2" want have=""
-    want="$(cat "$reqs" | sha256sum | cut -d' ' -f1)"
+    want="$(sha256sum < "$reqs" | cut -d' ' -f1)"
     [ -f "$dir/.requirements.sha256" ] && have="$(cat "$dir/.requirements.sha256")"
     if [ "$want" != "$have" ]; then
         echo "==> $dir: pip install -r $reqs"
