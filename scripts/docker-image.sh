@@ -70,7 +70,7 @@ make_context() {
             REVISION="${REVISION}-dirty"
         fi
         (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
-            | xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' _ \
+            | xargs -0 -r sh -c 'for f; do if [ -e "$f" ]; then printf "%s\0" "$f"; fi; done' _ \
             | tar --null -T - -cf -) | tar -x -C "$ctx"
     else
         REVISION="$(git -C "$ROOT" rev-parse --verify --quiet "${GIT_REF}^{commit}")" \
