@@ -1,26 +1,30 @@
 # ec2metaproxy: build, test, demo, benchmark and package.
 #   make demo    run the proxy end to end on real containers (README's "run it")
-#   make test    the whole test suite: unit + raw-request tests, then real containers
+#   make test    the whole test suite: unit + raw-request tests, real containers and SDKs, packaging
 GIT_REF ?= HEAD
 TAG ?= latest
 IMAGE ?= ec2metaproxy
 CARGO ?= cargo
 
-.PHONY: build release test unit e2e lint demo bench builder runner docker clean
+.PHONY: build release test unit e2e packaging lint demo bench builder runner docker clean
 
 build:
 	$(CARGO) build --release --locked
 
 release: build
 
-# Fast tests anywhere Rust is, then the real thing (Docker, moto, real SDK clients).
-test: unit e2e
+# Fast tests anywhere Rust is, then the real thing (Docker, moto, real SDK
+# clients), then the packaging (firewall script, systemd unit, the image).
+test: unit e2e packaging
 
 unit:
 	$(CARGO) test --locked
 
 e2e:
 	scripts/e2e.sh
+
+packaging:
+	tests/packaging/run.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
