@@ -230,20 +230,27 @@ pub async fn assign(
         .then(|| container.env.get(EXTERNAL_ID_ENV))
         .flatten()
         .map(|id| Arc::from(id.as_str()));
-    let session = match &roles.session_key {
+    Ok(Assignment {
+        external_id: role.external_id.clone().or(container_external_id),
+        policy,
+        session_name: container_session(roles, container),
+        role,
+    })
+}
+
+/// The STS session name for a container: from `roleSessionKey`'s label or
+/// variable when set and present, else the container's name and short ID.
+/// One place, so the cache can forget exactly the sessions a container used.
+pub fn container_session(roles: &RoleMap, container: &Container) -> Arc<str> {
+    let chosen = match &roles.session_key {
         Some(SessionKey::Label(name)) => container.labels.get(name),
         Some(SessionKey::Env(name)) => container.env.get(name),
         None => None,
     };
-    Ok(Assignment {
-        external_id: role.external_id.clone().or(container_external_id),
-        policy,
-        session_name: match session {
-            Some(value) if !value.is_empty() => Arc::from(session_name(value, "")),
-            _ => container.session_name.clone(),
-        },
-        role,
-    })
+    match chosen {
+        Some(value) if !value.is_empty() => Arc::from(session_name(value, "")),
+        _ => container.session_name.clone(),
+    }
 }
 
 fn env_role<'a>(roles: &'a RoleMap, container: &'a Container) -> Option<(&'a str, &'a str)> {

@@ -275,3 +275,34 @@ async fn a_started_container_finds_its_credentials_ready() {
         "the request was a cache hit"
     );
 }
+
+/// A gone container's credentials are dropped even when `roleSessionKey`
+/// names its session, so they are never refreshed for nobody.
+#[tokio::test]
+async fn a_gone_containers_label_named_session_is_forgotten() {
+    let sts = Arc::new(FakeSts::default());
+    *sts.clock.lock().unwrap() = std::time::SystemTime::now();
+    let config = ec2metaproxy::config::Config::parse(
+        r#"{"aliasToARN": {"d": "arn:aws:iam::111111111111:role/D"}, "defaultAlias": "d",
+            "metadataURL": null, "roleSessionKey": "Labels:com.example.user"}"#,
+        "t",
+    )
+    .unwrap();
+    let cache = Arc::new(CredentialCache::new(
+        sts.clone(),
+        Timing::for_duration(Duration::from_secs(3600)),
+    ));
+    let labelled = container("gone", "10.9.0.9", &[("com.example.user", "alice")]);
+    let imds = ec2metaproxy::imds::Imds::new(
+        Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+        ContainerIndex::fixed(vec![labelled.clone()]),
+        cache.clone(),
+        ec2metaproxy::imds::token::TokenKey::random(),
+        "us-east-1",
+    );
+    imds.prefetch(&labelled).await;
+    assert_eq!(&*sts.calls.lock().unwrap()[0].session_name, "alice");
+    assert_eq!(cache.len(), 1);
+    imds.forget(&labelled);
+    assert_eq!(cache.len(), 0);
+}

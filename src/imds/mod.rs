@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::credentials::{CredentialCache, RoleRequest};
 use crate::docker::{Container, ContainerIndex, IndexChange};
 use crate::mapping::StaticMappings;
-use crate::roles::{assign, Assignment, Role, RoleArn, RoleLookup};
+use crate::roles::{assign, container_session, Assignment, Role, RoleArn, RoleLookup};
 use local::LocalMetadata;
 use path::{canonicalize, classify, Flavor, Route, Version};
 use token::TokenKey;
@@ -257,8 +257,12 @@ impl Imds {
     }
 
     /// Forgets the credentials of a container that is gone.
+    /// The session is derived as `assign` derives it, so a session named by
+    /// `roleSessionKey` is forgotten too.
     pub fn forget(&self, container: &Container) {
-        self.credentials.forget_session(&container.session_name);
+        let config = self.config.load();
+        self.credentials
+            .forget_session(&container_session(&config.roles, container));
     }
 
     fn issue_token(
