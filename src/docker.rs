@@ -6,7 +6,7 @@
 //! with a rate-limited list. Readers only load an `Arc` snapshot: a request
 //! never waits on a lock that Docker I/O holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::process::{Opened, ProcessWatch, ProcessWatcher};
 use crate::roles::session_name;
 
 /// A running container as the proxy needs it.
@@ -32,6 +33,19 @@ pub struct Container {
     /// Only the variables the config reads (`roleEnv` and friends); the rest
     /// of a container's environment, which may hold secrets, is never kept.
     pub env: HashMap<String, String>,
+    /// Its init process, when the kernel can tell us that it exited.
+    pub process: Process,
+}
+
+/// What the proxy knows of a container's init process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Process {
+    /// Listed but not inspected yet: the list API does not give pids.
+    #[default]
+    NotInspected,
+    /// Inspected, but its pid cannot be checked from here (see [`crate::process`]).
+    Unwatched,
+    Watched(Arc<ProcessWatch>),
 }
 
 impl Container {
@@ -50,6 +64,21 @@ impl Container {
             ips,
             session_name,
             env: HashMap::new(),
+            process: Process::NotInspected,
+        }
+    }
+
+    pub fn with_process(mut self, process: Process) -> Container {
+        self.process = process;
+        self
+    }
+
+    /// True when the kernel says the container's init process has exited,
+    /// so its addresses may already be another container's. One `poll(2)`.
+    pub fn has_exited(&self) -> bool {
+        match &self.process {
+            Process::Watched(watch) => watch.has_exited(),
+            Process::NotInspected | Process::Unwatched => false,
         }
     }
 
@@ -85,6 +114,12 @@ pub trait ContainerSource: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<Container>, PlatformError>;
     /// One container, or `None` when it is gone or not running.
     async fn inspect(&self, id: &str) -> Result<Option<Container>, PlatformError>;
+    /// Whether `list` tells as much as `inspect`. When not, the watcher
+    /// inspects newly listed containers in the background to learn their
+    /// processes.
+    fn list_is_complete(&self) -> bool {
+        true
+    }
     /// Changes from now on; subscribed before the list it complements.
     fn events(&self) -> EventStream;
     /// Where the source is, for log lines.
@@ -125,6 +160,8 @@ type IpMap = HashMap<IpAddr, Arc<Container>>;
 
 struct RefreshRequest {
     asked_at: Instant,
+    /// A container whose process the request path saw exit: drop it now.
+    exited: Option<String>,
     done: oneshot::Sender<()>,
 }
 
@@ -184,13 +221,17 @@ impl ContainerIndex {
         // The task holds a weak reference so dropping the index stops it.
         let weak = Arc::downgrade(&index);
         tokio::spawn(async move {
+            let (inspected_tx, inspected_rx) = mpsc::channel(4);
             Watcher {
                 source,
                 index: weak,
                 refresh_rx: rx,
+                inspected_tx,
+                inspected_rx,
                 by_id: HashMap::new(),
                 published: HashMap::new(),
                 last_list: None,
+                exited: HashSet::new(),
             }
             .run()
             .await
@@ -225,6 +266,7 @@ impl ContainerIndex {
         let (done, wait) = oneshot::channel();
         let request = RefreshRequest {
             asked_at: now,
+            exited: None,
             done,
         };
         if refresh.try_send(request).is_ok() {
@@ -232,21 +274,56 @@ impl ContainerIndex {
         }
         // Docker can show a new address in the container before its API does
         // (`network connect`): keep waiting for the event until the deadline.
-        let found = loop {
-            let changed = self.changed.notified();
-            if let Some(container) = self.get(ip) {
-                break Some(container);
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                break self.get(ip);
-            }
-        };
+        let found = self.wait_for_owner(ip, deadline).await;
         if found.is_none() {
             let mut unknown = self.unknown.lock().unwrap();
             unknown.retain(|_, at| now.duration_since(*at) < NEGATIVE_TTL);
             unknown.insert(ip, now);
         }
         found
+    }
+
+    /// The container at `ip`, now that `exited` (which the index still has
+    /// there) is known from the kernel to have exited: the watcher drops it at
+    /// once, and this waits, as [`lookup`](Self::lookup) does, for the
+    /// address's next owner to show up.
+    pub async fn lookup_after_exit(
+        &self,
+        ip: IpAddr,
+        exited: &Container,
+    ) -> Option<Arc<Container>> {
+        let refresh = self.refresh.as_ref()?;
+        let now = Instant::now();
+        let deadline = tokio::time::Instant::from_std(now + MISS_WAIT);
+        let (done, wait) = oneshot::channel();
+        let request = RefreshRequest {
+            asked_at: now,
+            exited: Some(exited.id.clone()),
+            done,
+        };
+        if refresh.try_send(request).is_ok() {
+            let _ = tokio::time::timeout_at(deadline, wait).await;
+        }
+        self.wait_for_owner(ip, deadline).await
+    }
+
+    /// Waits until `ip` belongs to a container whose process has not
+    /// exited, or until `deadline`.
+    async fn wait_for_owner(
+        &self,
+        ip: IpAddr,
+        deadline: tokio::time::Instant,
+    ) -> Option<Arc<Container>> {
+        loop {
+            let changed = self.changed.notified();
+            let owner = self.get(ip).filter(|c| !c.has_exited());
+            if owner.is_some() {
+                return owner;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.get(ip).filter(|c| !c.has_exited());
+            }
+        }
     }
 
     /// Containers appearing and leaving from now on.
@@ -295,14 +372,26 @@ impl ContainerIndex {
     }
 }
 
+type Inspected = (String, Result<Option<Container>, PlatformError>);
+
+/// Inspections in flight at once when completing a list.
+const INSPECT_CONCURRENCY: usize = 16;
+
 struct Watcher {
     source: Arc<dyn ContainerSource>,
     index: std::sync::Weak<ContainerIndex>,
     refresh_rx: mpsc::Receiver<RefreshRequest>,
+    /// Background inspections of listed containers, to learn their processes.
+    inspected_tx: mpsc::Sender<Vec<Inspected>>,
+    inspected_rx: mpsc::Receiver<Vec<Inspected>>,
     by_id: HashMap<String, Arc<Container>>,
     /// `by_id` as last published, to tell subscribers what changed.
     published: HashMap<String, Arc<Container>>,
     last_list: Option<Instant>,
+    /// Containers whose process the kernel saw exit while Docker may still
+    /// list them as running: not indexed again unless a new inspect finds a
+    /// live process (a restart keeps the ID).
+    exited: HashSet<String>,
 }
 
 impl Watcher {
@@ -358,6 +447,7 @@ impl Watcher {
                         Some(request) => self.refresh(request).await,
                         None => return,
                     },
+                    Some(inspected) = self.inspected_rx.recv() => self.complete(inspected),
                 }
             }
             crate::metrics::metrics().event_stream_reconnects.inc();
@@ -386,19 +476,134 @@ impl Watcher {
 
     async fn list(&mut self) -> Result<usize, PlatformError> {
         self.last_list = Some(Instant::now());
-        let containers = self.source.list().await?;
-        self.by_id = containers
-            .into_iter()
-            .map(|c| (c.id.clone(), Arc::new(c)))
-            .collect();
+        let listed = self.source.list().await?;
+        let complete = self.source.list_is_complete();
+        let mut by_id = HashMap::with_capacity(listed.len());
+        let mut to_inspect = Vec::new();
+        let mut still_listed = HashSet::new();
+        for container in listed {
+            // Docker can list a container for a while after its process has
+            // exited; the kernel knows better.
+            if container.has_exited()
+                || self
+                    .by_id
+                    .get(&container.id)
+                    .is_some_and(|known| known.has_exited())
+            {
+                self.exited.insert(container.id.clone());
+            }
+            if self.exited.contains(&container.id) {
+                still_listed.insert(container.id.clone());
+                if !complete {
+                    // Only an inspect can tell a restart (a new process) apart.
+                    to_inspect.push(container.id);
+                }
+                continue;
+            }
+            match self.by_id.get(&container.id) {
+                // Keep what inspect taught us, unless the listing changed.
+                Some(known)
+                    if !complete
+                        && known.process != Process::NotInspected
+                        && known.ips == container.ips
+                        && known.name == container.name
+                        && known.labels == container.labels =>
+                {
+                    by_id.insert(container.id.clone(), known.clone());
+                }
+                _ => {
+                    if !complete {
+                        to_inspect.push(container.id.clone());
+                    }
+                    by_id.insert(container.id.clone(), Arc::new(container));
+                }
+            }
+        }
+        self.exited.retain(|id| still_listed.contains(id));
+        self.by_id = by_id;
         self.publish();
+        if !to_inspect.is_empty() {
+            self.inspect_in_background(to_inspect);
+        }
         Ok(self.by_id.len())
+    }
+
+    /// Listed containers are served at once; their processes are learnt
+    /// here, without holding up events or misses.
+    fn inspect_in_background(&self, ids: Vec<String>) {
+        let source = self.source.clone();
+        let done = self.inspected_tx.clone();
+        tokio::spawn(async move {
+            let inspected = futures_util::stream::iter(ids)
+                .map(|id| {
+                    let source = source.clone();
+                    async move {
+                        let result = source.inspect(&id).await;
+                        (id, result)
+                    }
+                })
+                .buffer_unordered(INSPECT_CONCURRENCY)
+                .collect()
+                .await;
+            let _ = done.send(inspected).await;
+        });
+    }
+
+    /// Applies background inspections to the containers still listed as
+    /// they were (an event may have brought newer news meanwhile).
+    fn complete(&mut self, inspected: Vec<Inspected>) {
+        let mut changed = false;
+        for (id, result) in inspected {
+            if self.exited.contains(&id) {
+                // Back only with a new, live process.
+                if let Ok(Some(container)) = result {
+                    if matches!(container.process, Process::Watched(_)) && !container.has_exited() {
+                        self.exited.remove(&id);
+                        self.by_id.insert(id, Arc::new(container));
+                        changed = true;
+                    }
+                }
+                continue;
+            }
+            let Some(listed) = self.by_id.get(&id) else {
+                continue;
+            };
+            if listed.process != Process::NotInspected {
+                continue;
+            }
+            match result {
+                Ok(Some(container)) => {
+                    self.by_id.insert(id, Arc::new(container));
+                    changed = true;
+                }
+                Ok(None) => {
+                    self.by_id.remove(&id);
+                    changed = true;
+                }
+                Err(error) => log::debug!("cannot inspect container {}: {error}", short(&id)),
+            }
+        }
+        if changed {
+            self.publish();
+        }
     }
 
     async fn refresh(&mut self, first: RefreshRequest) {
         let mut waiting = vec![first];
         while let Ok(more) = self.refresh_rx.try_recv() {
             waiting.push(more);
+        }
+        let mut dropped = false;
+        for id in waiting.iter().filter_map(|r| r.exited.as_ref()) {
+            if self.by_id.get(id).is_some_and(|c| c.has_exited()) {
+                log::debug!("container {}'s process has exited", short(id));
+                self.by_id.remove(id);
+                self.exited.insert(id.clone());
+                dropped = true;
+            }
+        }
+        if dropped {
+            self.publish();
         }
         let newest_ask = waiting.iter().map(|r| r.asked_at).max().expect("non-empty");
         let stale = self.last_list.is_none_or(|at| at < newest_ask);
@@ -427,7 +632,8 @@ impl Watcher {
                 }
             }
             ContainerEvent::Changed(id) => match self.source.inspect(&id).await {
-                Ok(Some(container)) => {
+                Ok(Some(container)) if !container.has_exited() => {
+                    self.exited.remove(&id);
                     log::debug!(
                         "container {} ({}) at {:?}",
                         container.short_id(),
@@ -437,7 +643,7 @@ impl Watcher {
                     self.by_id.insert(id, Arc::new(container));
                     self.publish();
                 }
-                Ok(None) => {
+                Ok(_) => {
                     if self.by_id.remove(&id).is_some() {
                         self.publish();
                     }
@@ -478,6 +684,7 @@ pub struct DockerSource {
     /// Environment variables to read from each container; when any, listing
     /// inspects every container (the list API does not return environments).
     env_keys: Vec<String>,
+    processes: ProcessWatcher,
 }
 
 impl DockerSource {
@@ -494,6 +701,7 @@ impl DockerSource {
             docker: Mutex::new(docker),
             host: host.to_string(),
             env_keys: Vec::new(),
+            processes: ProcessWatcher::new(),
         })
     }
 
@@ -601,6 +809,16 @@ impl ContainerSource for DockerSource {
         if !running {
             return Ok(None);
         }
+        let id = details.id.unwrap_or_else(|| id.to_string());
+        let pid = details.state.as_ref().and_then(|s| s.pid).unwrap_or(0);
+        let process = match self.processes.open(pid, &id) {
+            Opened::Running(watch) => Process::Watched(Arc::new(watch)),
+            Opened::Exited => return Ok(None),
+            Opened::Unverifiable(why) => {
+                log::debug!("container {}'s process is not watched: {why}", short(&id));
+                Process::Unwatched
+            }
+        };
         let ips = details
             .network_settings
             .and_then(|n| n.networks)
@@ -617,14 +835,15 @@ impl ContainerSource for DockerSource {
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
         Ok(Some(
-            Container::new(
-                details.id.unwrap_or_else(|| id.to_string()),
-                details.name.as_deref().unwrap_or_default(),
-                labels,
-                ips,
-            )
-            .with_env(env),
+            Container::new(id, details.name.as_deref().unwrap_or_default(), labels, ips)
+                .with_env(env)
+                .with_process(process),
         ))
+    }
+
+    /// The list API gives no pids (nor environments, which are then inspected anyway).
+    fn list_is_complete(&self) -> bool {
+        !self.env_keys.is_empty()
     }
 
     fn events(&self) -> EventStream {
@@ -692,6 +911,9 @@ mod tests {
         running: Mutex<Vec<Container>>,
         events: Mutex<Option<mpsc::UnboundedReceiver<Result<ContainerEvent, PlatformError>>>>,
         lists: AtomicUsize,
+        inspects: AtomicUsize,
+        /// Lists without processes, as Docker's list API does.
+        incomplete: bool,
     }
 
     impl FakeSource {
@@ -706,8 +928,22 @@ mod tests {
                 running: Mutex::new(running),
                 events: Mutex::new(Some(rx)),
                 lists: AtomicUsize::new(0),
+                inspects: AtomicUsize::new(0),
+                incomplete: false,
             });
             (source, tx)
+        }
+
+        fn listing_without_processes(running: Vec<Container>) -> Arc<FakeSource> {
+            let (tx, rx) = mpsc::unbounded_channel();
+            std::mem::forget(tx);
+            Arc::new(FakeSource {
+                running: Mutex::new(running),
+                events: Mutex::new(Some(rx)),
+                lists: AtomicUsize::new(0),
+                inspects: AtomicUsize::new(0),
+                incomplete: true,
+            })
         }
     }
 
@@ -715,9 +951,20 @@ mod tests {
     impl ContainerSource for FakeSource {
         async fn list(&self) -> Result<Vec<Container>, PlatformError> {
             self.lists.fetch_add(1, Ordering::SeqCst);
-            Ok(self.running.lock().unwrap().clone())
+            let running = self.running.lock().unwrap().clone();
+            if self.incomplete {
+                let listed = running.into_iter();
+                return Ok(listed
+                    .map(|c| c.with_process(Process::NotInspected))
+                    .collect());
+            }
+            Ok(running)
+        }
+        fn list_is_complete(&self) -> bool {
+            !self.incomplete
         }
         async fn inspect(&self, id: &str) -> Result<Option<Container>, PlatformError> {
+            self.inspects.fetch_add(1, Ordering::SeqCst);
             Ok(self
                 .running
                 .lock()
@@ -749,6 +996,83 @@ mod tests {
             tokio::task::yield_now().await;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    fn running_process() -> (std::process::Child, Process) {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let watch = ProcessWatch::unchecked(child.id() as i32).unwrap();
+        (child, Process::Watched(Arc::new(watch)))
+    }
+
+    #[tokio::test]
+    async fn listed_containers_processes_are_learnt_in_the_background_and_kept() {
+        let (mut child, process) = running_process();
+        let source = FakeSource::listing_without_processes(vec![
+            container("a", "10.0.0.2").with_process(process.clone())
+        ]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        let a = index.get("10.0.0.2".parse().unwrap()).unwrap();
+        assert_eq!(a.process, process, "inspected after the list");
+        assert_eq!(source.inspects.load(Ordering::SeqCst), 1);
+        // A miss relists; the known container is kept, not inspected again.
+        assert!(index.lookup("10.0.0.99".parse().unwrap()).await.is_none());
+        assert_eq!(source.lists.load(Ordering::SeqCst), 2);
+        let again = index.get("10.0.0.2".parse().unwrap()).unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!(source.inspects.load(Ordering::SeqCst), 1);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_container_whose_process_exited_is_dropped_before_dockers_event() {
+        let (mut child, process) = running_process();
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let (source, _events) =
+            FakeSource::new(vec![container("old", "10.0.0.2").with_process(process)]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        let old = index.get(ip).unwrap();
+        assert!(!old.has_exited());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(old.has_exited());
+        // Docker still lists it and has sent no event: the kernel wins.
+        assert!(index.lookup_after_exit(ip, &old).await.is_none());
+        assert!(index.get(ip).is_none());
+        // The address's next owner is found as soon as Docker knows it.
+        source
+            .running
+            .lock()
+            .unwrap()
+            .push(container("new", "10.0.0.2"));
+        assert_eq!(index.lookup(ip).await.unwrap().id, "new");
+    }
+
+    #[tokio::test]
+    async fn an_exited_container_docker_still_lists_without_pids_is_not_indexed_again() {
+        let (mut child, process) = running_process();
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let source = FakeSource::listing_without_processes(vec![
+            container("old", "10.0.0.2").with_process(process)
+        ]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        let old = index.get(ip).unwrap();
+        assert!(matches!(old.process, Process::Watched(_)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(index.lookup_after_exit(ip, &old).await.is_none());
+        // Relisted (without a pid) and inspected again in the background:
+        // still not indexed, since its process is the one that exited.
+        assert!(index.lookup("10.0.0.99".parse().unwrap()).await.is_none());
+        settle().await;
+        assert!(source.lists.load(Ordering::SeqCst) >= 3);
+        assert!(index.get(ip).is_none());
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ pub mod imds;
 pub mod logging;
 pub mod mapping;
 pub mod metrics;
+pub mod process;
 pub mod reload;
 pub mod roles;
 pub mod server;
