@@ -19,7 +19,7 @@ use ec2metaproxy::credentials::{
     AssumeRole, CredentialCache, Credentials, RoleRequest, Secret, StsError, Timing,
 };
 use ec2metaproxy::docker::{Container, ContainerIndex};
-use ec2metaproxy::imds::token::TokenKey;
+use ec2metaproxy::imds::token::{Holder, TokenKey};
 use ec2metaproxy::imds::Imds;
 use ec2metaproxy::server::{serve, Limits};
 
@@ -170,6 +170,7 @@ pub(crate) struct Fixture {
     pub(crate) sts: Arc<FakeSts>,
     pub(crate) tokens: TokenKey,
     pub(crate) upstream: FakeUpstream,
+    pub(crate) index: Arc<ContainerIndex>,
 }
 
 pub(crate) fn container(name: &str, ip: &str, labels: &[(&str, &str)]) -> Container {
@@ -211,9 +212,10 @@ pub(crate) async fn fixture_with(extra_config: &str, extra_containers: Vec<Conta
         Timing::for_duration(config.session_duration),
     ));
     let tokens = TokenKey::random();
+    let index = ContainerIndex::fixed(containers);
     let imds = Imds::new(
         Arc::new(ArcSwap::from_pointee(config)),
-        ContainerIndex::fixed(containers),
+        index.clone(),
         cache,
         tokens.clone(),
         "us-east-1",
@@ -223,11 +225,42 @@ pub(crate) async fn fixture_with(extra_config: &str, extra_containers: Vec<Conta
         sts,
         tokens,
         upstream,
+        index,
     }
 }
 
 async fn fixture() -> Fixture {
     fixture_with("", vec![]).await
+}
+
+impl Fixture {
+    /// Whom the proxy binds `caller`'s tokens to: its address and the
+    /// container holding it.
+    fn holder_id(&self, caller: &str) -> String {
+        self.index
+            .get(ip(caller))
+            .map(|c| c.id.clone())
+            .unwrap_or_default()
+    }
+
+    /// A token as the proxy would issue it to `caller` at `now`.
+    pub(crate) fn token(&self, caller: &str, ttl: u64, now: u64) -> String {
+        let id = self.holder_id(caller);
+        let holder = Holder {
+            ip: ip(caller),
+            container: &id,
+        };
+        self.tokens.issue(holder, ttl, now)
+    }
+
+    pub(crate) fn token_is_valid(&self, token: &str, caller: &str, now: u64) -> bool {
+        let id = self.holder_id(caller);
+        let holder = Holder {
+            ip: ip(caller),
+            container: &id,
+        };
+        self.tokens.is_valid(token.as_bytes(), holder, now)
+    }
 }
 
 /// A response, compared whole.
@@ -279,7 +312,7 @@ impl Fixture {
     }
 
     fn token_for(&self, caller: &str) -> String {
-        self.tokens.issue(ip(caller), 600, NOW_SECS)
+        self.token(caller, 600, NOW_SECS)
     }
 }
 
@@ -328,12 +361,8 @@ mod token {
                 ),
             ]
         );
-        assert!(f
-            .tokens
-            .is_valid(answer.body.as_bytes(), ip(WEB_IP), NOW_SECS + 21_599));
-        assert!(!f
-            .tokens
-            .is_valid(answer.body.as_bytes(), ip(WEB_IP), NOW_SECS + 21_600));
+        assert!(f.token_is_valid(&answer.body, WEB_IP, NOW_SECS + 21_599));
+        assert!(!f.token_is_valid(&answer.body, WEB_IP, NOW_SECS + 21_600));
     }
 
     /// botocore and aws-config treat 400 as final; a bad TTL must not be retried.
@@ -394,11 +423,11 @@ mod token {
         let f = fixture().await;
         let cases = [
             ("garbage", "garbage".to_string()),
-            ("expired", f.tokens.issue(ip(WEB_IP), 60, NOW_SECS - 61)),
+            ("expired", f.token(WEB_IP, 60, NOW_SECS - 61)),
             ("another container's", f.token_for(PLAIN_IP)),
             (
                 "another key's",
-                TokenKey::random().issue(ip(WEB_IP), 60, NOW_SECS),
+                TokenKey::random().issue(Holder::address(ip(WEB_IP)), 60, NOW_SECS),
             ),
         ];
         for (description, token) in cases {

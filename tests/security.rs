@@ -351,7 +351,7 @@ fn corpus_is_large_and_well_formed() {
 #[tokio::test]
 async fn corpus_in_process_never_reaches_the_hosts_identity() {
     let f = fixture_with("", vec![]).await;
-    let token = f.tokens.issue(ip(WEB_IP), 600, NOW_SECS);
+    let token = f.token(WEB_IP, 600, NOW_SECS);
     let mut failures = Vec::new();
     let mut statuses = BTreeMap::new();
     let mut unparsed = 0;
@@ -409,7 +409,7 @@ async fn corpus_through_the_listener_never_reaches_the_hosts_identity() {
     tokio::spawn(serve(listener, f.imds.clone(), limits, async {
         let _ = stopped.await;
     }));
-    let token = f.tokens.issue(ip("127.0.0.1"), 600, NOW_SECS);
+    let token = f.token("127.0.0.1", 600, NOW_SECS);
     let mut failures = Vec::new();
     let mut statuses = BTreeMap::new();
     let cases = corpus();
@@ -478,7 +478,7 @@ async fn corpus_with_a_wide_passthrough_list_still_never_reaches_identity() {
     let wide: Vec<String> = wide.into_iter().collect();
     let list = serde_json::to_string(&wide).unwrap();
     let f = fixture_with(&format!(r#", "passthrough": {list}"#), vec![]).await;
-    let token = f.tokens.issue(ip(WEB_IP), 600, NOW_SECS);
+    let token = f.token(WEB_IP, 600, NOW_SECS);
     let mut failures = Vec::new();
     let mut forwarded = 0;
     for case in &corpus() {

@@ -30,7 +30,7 @@ use crate::mapping::StaticMappings;
 use crate::roles::{assign, container_session, Assignment, Role, RoleArn, RoleLookup};
 use local::LocalMetadata;
 use path::{canonicalize, classify, Flavor, Route, Version};
-use token::TokenKey;
+use token::{Holder, TokenKey};
 use upstream::Upstream;
 
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
@@ -161,7 +161,7 @@ impl Imds {
             if request.method != Method::PUT {
                 return method_not_allowed("PUT");
             }
-            return self.issue_token(caller, version, headers, unix_now);
+            return self.issue_token(caller, version, headers, unix_now).await;
         }
         if route == Route::NotFound {
             return Reply::status(StatusCode::NOT_FOUND, "not an IMDS path");
@@ -169,6 +169,11 @@ impl Imds {
         if request.method != Method::GET && request.method != Method::HEAD {
             return method_not_allowed("GET, HEAD");
         }
+        let container = self.holder_of(caller).await;
+        let holder = Holder {
+            ip: caller,
+            container: container.as_ref().map_or("", |c| &c.id),
+        };
         match headers.get(TOKEN_HEADER) {
             Some(token) => {
                 // A 401 here would send Go and JS clients to fetch a new token,
@@ -179,7 +184,7 @@ impl Imds {
                         "token request carries X-Forwarded-For",
                     );
                 }
-                if !self.tokens.is_valid(token.as_bytes(), caller, unix_now) {
+                if !self.tokens.is_valid(token.as_bytes(), holder, unix_now) {
                     return Reply::status(StatusCode::UNAUTHORIZED, "invalid or expired token");
                 }
             }
@@ -192,16 +197,6 @@ impl Imds {
             None => {}
         }
 
-        // Docker first, then the static mappings, and only then a miss that
-        // waits for Docker to catch up.
-        let known = self
-            .index
-            .get(caller)
-            .or_else(|| self.mappings.as_ref().and_then(|m| m.get(caller)));
-        let container = match known {
-            Some(container) => Some(container),
-            None => self.index.lookup(caller).await,
-        };
         let Some(container) = container else {
             return Reply::status(
                 StatusCode::NOT_FOUND,
@@ -237,6 +232,25 @@ impl Imds {
         reply.with(&container, Some(role))
     }
 
+    /// The container that holds `caller`'s address now: Docker first, then
+    /// the static mappings, and only then a miss that waits for Docker to
+    /// catch up. A container whose process has exited is never the answer,
+    /// even before Docker's event says so: its address may be a new
+    /// container's already.
+    async fn holder_of(&self, caller: IpAddr) -> Option<Arc<Container>> {
+        let known = self
+            .index
+            .get(caller)
+            .or_else(|| self.mappings.as_ref().and_then(|m| m.get(caller)));
+        match known {
+            Some(container) if container.has_exited() => {
+                self.index.lookup_after_exit(caller, &container).await
+            }
+            Some(container) => Some(container),
+            None => self.index.lookup(caller).await,
+        }
+    }
+
     /// Fetches a container's credentials ahead of its first request, so that
     /// request is a cache hit. Errors are only logged: the request path will
     /// try again and answer for itself.
@@ -265,7 +279,7 @@ impl Imds {
             .forget_session(&container_session(&config.roles, container));
     }
 
-    fn issue_token(
+    async fn issue_token(
         &self,
         caller: IpAddr,
         version: &Version,
@@ -284,13 +298,22 @@ impl Imds {
                 "token PUT without a TTL of 1..=21600 seconds",
             );
         };
-        let token = self.tokens.issue(caller, ttl, unix_now);
+        let container = self.holder_of(caller).await;
+        let holder = Holder {
+            ip: caller,
+            container: container.as_ref().map_or("", |c| &c.id),
+        };
+        let token = self.tokens.issue(holder, ttl, unix_now);
         let mut response = document::text(token);
         // aws-config fails without this echo; old Go and Ruby fall back to IMDSv1.
         response
             .headers_mut()
             .insert(TTL_HEADER, HeaderValue::from(ttl));
-        Reply::new(response)
+        let reply = Reply::new(response);
+        match &container {
+            Some(container) => reply.with(container, None),
+            None => reply,
+        }
     }
 
     async fn credentials_reply(

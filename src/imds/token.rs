@@ -1,8 +1,10 @@
 //! IMDSv2 session tokens.
 //!
-//! A token is `base64url(version || expiry || HMAC-SHA256(key, ip || expiry))`:
-//! unforgeable without the key, bound to the caller's IP, and checkable
-//! without any table. Expiry is wall-clock seconds, and the key lives in a
+//! A token is
+//! `base64url(version || expiry || HMAC-SHA256(key, ip || container || expiry))`:
+//! unforgeable without the key, bound to the caller's IP and to the container
+//! that held the IP when it asked (so the next owner of a reused address
+//! cannot use it), and checkable without any table. Expiry is wall-clock seconds, and the key lives in a
 //! state file, so tokens survive a restart of the proxy: aws-config caches a
 //! token for hours and retries the same one on 401.
 
@@ -21,7 +23,8 @@ use sha2::Sha256;
 pub const MIN_TTL_SECS: u64 = 1;
 pub const MAX_TTL_SECS: u64 = 21_600;
 
-const VERSION: u8 = 1;
+/// 1 bound the IP only; its tokens are refused, and clients fetch new ones on 401.
+const VERSION: u8 = 2;
 const KEY_LEN: usize = 32;
 const MAC_LEN: usize = 32;
 const RAW_LEN: usize = 1 + 8 + MAC_LEN;
@@ -125,31 +128,34 @@ impl TokenKey {
         }
     }
 
-    fn mac(&self, ip: IpAddr, expires: u64) -> Hmac<Sha256> {
+    fn mac(&self, holder: Holder<'_>, expires: u64) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
-        mac.update(b"ec2metaproxy token v1\0");
-        let ip = match ip {
+        mac.update(b"ec2metaproxy token v2\0");
+        let ip = match holder.ip {
             IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             IpAddr::V6(v6) => v6.octets(),
         };
         mac.update(&ip);
+        // Length-prefixed, so no container ID and expiry can run together.
+        mac.update(&(holder.container.len() as u64).to_be_bytes());
+        mac.update(holder.container.as_bytes());
         mac.update(&expires.to_be_bytes());
         mac
     }
 
-    /// A token for `ip`, valid until `now + ttl_secs` (unix seconds).
-    pub fn issue(&self, ip: IpAddr, ttl_secs: u64, now: u64) -> String {
+    /// A token for `holder`, valid until `now + ttl_secs` (unix seconds).
+    pub fn issue(&self, holder: Holder<'_>, ttl_secs: u64, now: u64) -> String {
         let expires = now + ttl_secs;
         let mut raw = Vec::with_capacity(RAW_LEN);
         raw.push(VERSION);
         raw.extend_from_slice(&expires.to_be_bytes());
-        raw.extend_from_slice(&self.mac(ip, expires).finalize().into_bytes());
+        raw.extend_from_slice(&self.mac(holder, expires).finalize().into_bytes());
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// True when `token` was issued by this key to `ip` and has not expired.
+    /// True when `token` was issued by this key to `holder` and has not expired.
     /// Says nothing of why not: the caller answers 401 either way.
-    pub fn is_valid(&self, token: &[u8], ip: IpAddr, now: u64) -> bool {
+    pub fn is_valid(&self, token: &[u8], holder: Holder<'_>, now: u64) -> bool {
         if token.len() != TOKEN_LEN {
             return false;
         }
@@ -163,7 +169,22 @@ impl TokenKey {
         if expires <= now {
             return false;
         }
-        self.mac(ip, expires).verify_slice(&raw[9..]).is_ok()
+        self.mac(holder, expires).verify_slice(&raw[9..]).is_ok()
+    }
+}
+
+/// Whom a token is for: the caller's address and the container that held it
+/// (empty for an address no container holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder<'a> {
+    pub ip: IpAddr,
+    pub container: &'a str,
+}
+
+impl Holder<'_> {
+    /// An address no container holds.
+    pub fn address(ip: IpAddr) -> Holder<'static> {
+        Holder { ip, container: "" }
     }
 }
 
@@ -185,8 +206,27 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+    fn ip(s: &str) -> Holder<'static> {
+        Holder::address(s.parse().unwrap())
+    }
+
+    fn held(s: &str, container: &'static str) -> Holder<'static> {
+        Holder {
+            ip: s.parse().unwrap(),
+            container,
+        }
+    }
+
+    #[test]
+    fn a_token_is_bound_to_the_container_that_held_the_address() {
+        let key = TokenKey::random();
+        let token = key.issue(held("172.17.0.2", "aaaa"), 60, NOW);
+        assert!(key.is_valid(token.as_bytes(), held("172.17.0.2", "aaaa"), NOW));
+        assert!(
+            !key.is_valid(token.as_bytes(), held("172.17.0.2", "bbbb"), NOW),
+            "the address's next owner"
+        );
+        assert!(!key.is_valid(token.as_bytes(), ip("172.17.0.2"), NOW));
     }
 
     #[test]
