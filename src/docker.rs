@@ -813,7 +813,13 @@ impl ContainerSource for DockerSource {
         let pid = details.state.as_ref().and_then(|s| s.pid).unwrap_or(0);
         let process = match self.processes.open(pid, &id) {
             Opened::Running(watch) => Process::Watched(Arc::new(watch)),
-            Opened::Exited => return Ok(None),
+            Opened::Exited => {
+                log::debug!(
+                    "container {}'s process has exited; Docker still says it runs",
+                    short(&id)
+                );
+                return Ok(None);
+            }
             Opened::Unverifiable(why) => {
                 log::debug!("container {}'s process is not watched: {why}", short(&id));
                 Process::Unwatched

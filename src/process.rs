@@ -160,7 +160,12 @@ impl ProcessWatcher {
         if watch.has_exited() {
             return Opened::Exited;
         }
-        self.pids_are_ours.store(true, Ordering::Relaxed);
+        if !self.pids_are_ours.swap(true, Ordering::Relaxed) {
+            log::info!(
+                "watching containers' init processes: an exited container is not served, \
+                 even before Docker reports it"
+            );
+        }
         Opened::Running(watch)
     }
 }

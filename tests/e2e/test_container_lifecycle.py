@@ -7,8 +7,13 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from conftest import DEFAULT_ALIAS
 from harness import CREDS_PATH, sh
+
+RELAY = Path(__file__).with_name("docker_relay.py")
+EVENT_DELAY = 6.0
 
 
 def test_reused_ip_gets_the_new_containers_role_never_the_old_ones(e2e, make_container):
@@ -174,3 +179,62 @@ def test_ip_freed_by_network_disconnect_is_not_served_as_the_old_container(e2e, 
             break
         time.sleep(0.1)
     assert got_b, "B never got role b" + e2e.ctx(*seen[-4:])
+
+
+def test_a_late_die_event_never_gives_the_old_owners_role_to_the_next(e2e, make_container):
+    """Docker's events held back by a relay (docker_relay.py), as when the daemon is
+    busy or the stream is being re-established: A (alias a) on a fixed IP is removed
+    and B (alias b) starts on that IP while the proxy has not yet heard that A died.
+    The kernel has (A's init process is gone): B gets role b, never a, and A's
+    IMDSv2 token is refused from B."""
+    run = e2e.run
+    role_a, role_b = e2e.role_of["a"], e2e.role_of["b"]
+    sock = run.tmp / "docker-relay.sock"
+    relay = subprocess.Popen([sys.executable, str(RELAY), "--listen", str(sock),
+                              "--delay", str(EVENT_DELAY)],
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+    def stop_relay():
+        relay.kill()
+        relay.wait(5)
+    run.cleanup.push(stop_relay, "stop Docker relay")
+    ready, _, _ = select.select([relay.stdout], [], [], 10)
+    assert ready and relay.stdout.readline().strip() == "listening"
+    proxy = run.start_proxy(dict(e2e.arn_of), DEFAULT_ALIAS, name="late-events",
+                            dockerHost=f"unix://{sock}")
+    at = dict(host=proxy.ip, port=proxy.port, timeout=3)
+
+    ip = str(run.network.subnet.network_address + 201)
+    ca = make_container("late-a", alias="a", ip=ip, redirect=False)
+    first, token = run.http(ca, [
+        dict(method="GET", path=CREDS_PATH, **at),
+        dict(method="PUT", path="/latest/api/token",
+             headers={"X-aws-ec2-metadata-token-ttl-seconds": "600"}, **at),
+    ])
+    assert first.status == 200 and first.body == role_a, e2e.ctx(first)
+    assert token.status == 200, e2e.ctx(token)
+    assert proxy.wait_log(f"container {ca.id[:12]} ", timeout=EVENT_DELAY + 2), \
+        "the start event never reached the proxy" + e2e.ctx()
+    time.sleep(0.5)  # and its network-connect event, which comes with it
+
+    removed_at = time.time()
+    run.remove_container(ca)
+    cb = make_container("late-b", alias="b", ip=ip, redirect=False)
+    assert cb.ip == ip
+    listing, old_token, doc_a = run.http(cb, [
+        dict(method="GET", path=CREDS_PATH, **at),
+        dict(method="GET", path=CREDS_PATH, headers={"X-aws-ec2-metadata-token": token.body}, **at),
+        dict(method="GET", path=CREDS_PATH + role_a, **at),
+    ])
+    asked_after = listing.sent_at - removed_at
+    print(f"B asked {asked_after * 1000:.0f} ms after A was removed; events run "
+          f"{EVENT_DELAY:.0f} s late")
+    # Inside the window: the proxy cannot have heard of A's death from Docker yet.
+    assert asked_after < EVENT_DELAY - 1, f"too slow to test the window: {asked_after:.1f} s"
+    assert listing.status == 200 and listing.body == role_b, e2e.ctx(listing)
+    assert old_token.status == 401, e2e.ctx(old_token)
+    assert doc_a.status == 404, e2e.ctx(doc_a)
+    assert proxy.wait_log(f"container {ca.id[:12]}'s process has exited", timeout=2), \
+        "B was not served through the kernel's word" + e2e.ctx()
+    assert "watching containers' init processes" in proxy.log_text()
+    assert "cannot watch container processes" not in proxy.log_text()

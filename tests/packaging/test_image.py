@@ -84,7 +84,7 @@ class ImageProxy:
         harness.sh([
             "docker", "run", "-d", "--name", self.name,
             "--label", f"{harness.RUN_LABEL}={run.runid}",
-            "--network", "host", "--group-add", str(sock_gid),
+            "--network", "host", "--pid", "host", "--group-add", str(sock_gid),
             "-v", "/var/run/docker.sock:/var/run/docker.sock",
             "-v", f"{self.config_path}:/etc/ec2metaproxy/config.json:ro",
             "-e", f"AWS_ENDPOINT_URL_STS={run.moto.url}",
@@ -207,6 +207,11 @@ def test_labelled_container_gets_its_role_through_the_image(pkg, proxy, containe
     # STS (moto) was reached from inside the image with its own CA bundle and env.
     cli = run.aws_cli(c)
     assert cli.ok and cli.role() == pkg.role_of["b"], proxy.context(cli)
+    # Run as a non-root user with --pid host, it can still watch the
+    # containers' processes (pidfd, /proc/<pid>/cgroup).
+    log = proxy.tail(500)
+    assert "watching containers' init processes" in log, proxy.context()
+    assert "cannot watch container processes" not in log, proxy.context()
 
 
 def test_unlabelled_and_unknown_alias_containers(pkg, proxy, container):
