@@ -94,6 +94,9 @@ fn main() -> ExitCode {
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     }
 
+    let open_files = ec2metaproxy::process::raise_open_file_limit();
+    log::debug!("open-file limit: {open_files:?}");
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
