@@ -2,8 +2,20 @@
 //! log shippers (`"logFormat": "json"`). Structured fields are `log`
 //! key-values, so the request and response lines carry `id`, `status`,
 //! `container`, `alias` and `ms` as fields in both formats.
+//!
+//! Each line is rendered into a buffer the logging thread keeps, then
+//! appended to one shared pending buffer. A writer thread takes the whole
+//! pending buffer every couple of milliseconds and writes it to stderr in
+//! one call. While there is work, the writer is awake (sleeping on a timer
+//! between batches), so loggers never wake it: only the first line after an
+//! idle spell does. Two lines per request with a wake-up per line cost more
+//! than the request itself.
 
+use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::io::Write;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::kv::{Key, Value, VisitSource};
 
@@ -24,112 +36,317 @@ impl LogFormat {
     }
 }
 
-/// Installs the logger. `RUST_LOG` wins over `default_filter`.
+/// Installs the logger. `RUST_LOG` (env_logger's syntax) wins over
+/// `default_filter`.
 ///
-/// Lines go to stderr through one writer thread that batches them: with two
-/// lines per request, a write(2) per line cost more than the request itself.
-/// The queue is bounded, so a stderr that stops draining slows requests
-/// rather than growing memory or dropping lines.
+/// The pending buffer is bounded: when stderr stops draining, loggers wait
+/// for the writer (requests slow down) rather than memory growing or lines
+/// being dropped.
 pub fn init(format: LogFormat, default_filter: &str) {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter));
-    builder.format(move |buf, record| {
-        let line = render(format, &timestamp(), record);
-        writeln!(buf, "{line}")
-    });
-    builder.target(env_logger::Target::Pipe(Box::new(BatchedStderr::spawn())));
-    builder.init();
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter.to_string());
+    let filter = env_filter::Builder::new().parse(&spec).build();
+    let max_level = filter.filter();
+    let queue = Queue::spawn(Box::new(std::io::stderr()));
+    let _ = QUEUE.set(queue);
+    log::set_boxed_logger(Box::new(Logger {
+        format,
+        filter,
+        queue,
+    }))
+    .expect("the logger is installed once");
+    log::set_max_level(max_level);
 }
 
 /// Waits (up to a second) until every line logged so far is written.
 /// Call before the process exits.
 pub fn flush() {
-    let Some(lines) = WRITER.get() else { return };
-    let (done, wait) = std::sync::mpsc::channel();
-    if lines.send(Message::Flush(done)).is_ok() {
-        let _ = wait.recv_timeout(std::time::Duration::from_secs(1));
+    if let Some(queue) = QUEUE.get() {
+        queue.flush(Duration::from_secs(1));
     }
 }
 
-/// Lines queued for the writer thread before loggers wait.
-const PENDING_LINES: usize = 16 * 1024;
+/// The process's queue, for [`flush`].
+static QUEUE: OnceLock<&'static Queue> = OnceLock::new();
 
-enum Message {
-    Line(Vec<u8>),
-    Flush(std::sync::mpsc::Sender<()>),
+struct Logger {
+    format: LogFormat,
+    filter: env_filter::Filter,
+    queue: &'static Queue,
 }
 
-/// The writer thread's queue, for [`flush`].
-static WRITER: std::sync::OnceLock<std::sync::mpsc::SyncSender<Message>> =
-    std::sync::OnceLock::new();
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.filter.enabled(metadata)
+    }
 
-/// A `Write` that hands each line to the writer thread.
-struct BatchedStderr {
-    lines: std::sync::mpsc::SyncSender<Message>,
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.filter.matches(record) {
+            return;
+        }
+        let format = self.format;
+        let render_and_push = |local: &mut Local| {
+            local.line.clear();
+            let now = SystemTime::now();
+            let Local { line, clock } = local;
+            render_into(format, clock.timestamp(now), record, line);
+            line.push(b'\n');
+            self.queue.push(line);
+            if line.capacity() > MAX_KEPT_LINE {
+                *line = Vec::with_capacity(LINE_CAPACITY);
+            }
+        };
+        // A value whose Display logs would find the buffer borrowed: give it
+        // a buffer of its own rather than panic.
+        let done = LOCAL.with(|local| match local.try_borrow_mut() {
+            Ok(mut local) => {
+                render_and_push(&mut local);
+                true
+            }
+            Err(_) => false,
+        });
+        if !done {
+            render_and_push(&mut Local::default());
+        }
+    }
+
+    fn flush(&self) {
+        self.queue.flush(Duration::from_secs(1));
+    }
 }
 
-impl BatchedStderr {
-    fn spawn() -> BatchedStderr {
-        let (lines, pending) = std::sync::mpsc::sync_channel::<Message>(PENDING_LINES);
+const LINE_CAPACITY: usize = 512;
+/// A thread's line buffer is given back past this (after one huge line).
+const MAX_KEPT_LINE: usize = 64 * 1024;
+
+/// What each logging thread keeps between lines.
+struct Local {
+    line: Vec<u8>,
+    clock: Clock,
+}
+
+impl Default for Local {
+    fn default() -> Local {
+        Local {
+            line: Vec::with_capacity(LINE_CAPACITY),
+            clock: Clock::default(),
+        }
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+}
+
+/// Formats timestamps like [`crate::imds::document::timestamp_millis`],
+/// which it calls once per second; within a second only the milliseconds
+/// change.
+#[derive(Default)]
+struct Clock {
+    /// The whole second `prefix` is for.
+    second: Option<u64>,
+    /// `2026-11-25T00:00:00.` of that second.
+    prefix: String,
+    text: String,
+}
+
+impl Clock {
+    fn timestamp(&mut self, now: SystemTime) -> &str {
+        self.text.clear();
+        let Ok(since_epoch) = now.duration_since(SystemTime::UNIX_EPOCH) else {
+            self.text = crate::imds::document::timestamp_millis(now);
+            return &self.text;
+        };
+        let second = since_epoch.as_secs();
+        if self.second != Some(second) {
+            let whole = crate::imds::document::timestamp_millis(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(second),
+            );
+            match whole.strip_suffix("000Z") {
+                Some(prefix) => {
+                    self.prefix.clear();
+                    self.prefix.push_str(prefix);
+                    self.second = Some(second);
+                }
+                None => {
+                    self.second = None;
+                    self.text = crate::imds::document::timestamp_millis(now);
+                    return &self.text;
+                }
+            }
+        }
+        let _ = write!(
+            self.text,
+            "{}{:03}Z",
+            self.prefix,
+            since_epoch.subsec_millis()
+        );
+        &self.text
+    }
+}
+
+/// Bytes waiting for the writer before loggers wait for it.
+const PENDING_BYTES: usize = 1024 * 1024;
+/// How long the writer lets lines gather before it takes them.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// Lines on their way to the output, and the writer thread that takes them.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// The writer waits here when it has nothing to write.
+    work: Condvar,
+    /// Loggers waiting for room, and [`Queue::flush`], wait here.
+    written: Condvar,
+}
+
+struct QueueState {
+    pending: Vec<u8>,
+    /// Bytes ever queued, and ever written (or failed to write).
+    queued: u64,
+    written: u64,
+    /// The writer is waiting on `work` and must be woken.
+    idle: bool,
+    /// Threads waiting on `written`.
+    waiting: usize,
+}
+
+impl Queue {
+    /// Starts the writer thread; the queue lives as long as the process.
+    fn spawn(mut out: Box<dyn Write + Send>) -> &'static Queue {
+        let queue: &'static Queue = Box::leak(Box::new(Queue {
+            state: Mutex::new(QueueState {
+                pending: Vec::with_capacity(64 * 1024),
+                queued: 0,
+                written: 0,
+                idle: false,
+                waiting: 0,
+            }),
+            work: Condvar::new(),
+            written: Condvar::new(),
+        }));
         std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || {
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
-                while let Ok(first) = pending.recv() {
-                    let mut next = Some(first);
-                    let mut flushed = Vec::new();
-                    while let Some(message) = next {
-                        match message {
-                            Message::Line(line) => {
-                                let _ = out.write_all(&line);
-                            }
-                            Message::Flush(done) => flushed.push(done),
-                        }
-                        next = pending.try_recv().ok();
-                    }
-                    let _ = out.flush();
-                    for done in flushed {
-                        let _ = done.send(());
-                    }
-                }
-            })
+            .spawn(move || queue.write_forever(&mut *out))
             .expect("spawn the log writer thread");
-        let _ = WRITER.set(lines.clone());
-        BatchedStderr { lines }
-    }
-}
-
-impl Write for BatchedStderr {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.lines
-            .send(Message::Line(buf.to_vec()))
-            .map_err(|_| std::io::Error::other("log writer stopped"))?;
-        Ok(buf.len())
+        queue
     }
 
-    /// env_logger flushes after every line; the writer thread flushes
-    /// whenever its queue runs empty instead.
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-fn timestamp() -> String {
-    crate::imds::document::timestamp_millis(std::time::SystemTime::now())
+    /// Appends `line` (whole lines only), waiting while the queue is full.
+    fn push(&self, line: &[u8]) {
+        let mut state = self.lock();
+        while state.pending.len() >= PENDING_BYTES {
+            if state.idle {
+                state.idle = false;
+                self.work.notify_one();
+            }
+            state.waiting += 1;
+            state = self
+                .written
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.waiting -= 1;
+        }
+        state.pending.extend_from_slice(line);
+        state.queued += line.len() as u64;
+        if state.idle {
+            state.idle = false;
+            drop(state);
+            self.work.notify_one();
+        }
+    }
+
+    /// Waits up to `limit` until everything queued so far is written.
+    fn flush(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut state = self.lock();
+        let target = state.queued;
+        if state.idle && state.written < target {
+            state.idle = false;
+            self.work.notify_one();
+        }
+        while state.written < target {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state.waiting += 1;
+            state = self
+                .written
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            state.waiting -= 1;
+        }
+    }
+
+    fn write_forever(&self, out: &mut dyn Write) {
+        let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+        loop {
+            let mut state = self.lock();
+            while state.pending.is_empty() {
+                state.idle = true;
+                state = self
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            state.idle = false;
+            drop(state);
+            // Awake (not idle), so loggers append without waking anyone.
+            std::thread::sleep(GATHER);
+            let mut state = self.lock();
+            std::mem::swap(&mut state.pending, &mut batch);
+            let upto = state.queued;
+            drop(state);
+            // A failed write (stderr closed) is not retried: it would only
+            // fail again, and loggers must not wait for it.
+            let _ = out.write_all(&batch).and_then(|()| out.flush());
+            batch.clear();
+            if batch.capacity() > 2 * PENDING_BYTES {
+                batch = Vec::with_capacity(64 * 1024);
+            }
+            let mut state = self.lock();
+            state.written = upto;
+            if state.waiting > 0 {
+                self.written.notify_all();
+            }
+        }
+    }
 }
 
 /// One log line, without the newline.
 pub fn render(format: LogFormat, timestamp: &str, record: &log::Record<'_>) -> String {
+    let mut line = Vec::new();
+    render_into(format, timestamp, record, &mut line);
+    String::from_utf8(line).expect("log lines are UTF-8")
+}
+
+/// Appends one log line, without the newline, to `out`.
+fn render_into(format: LogFormat, timestamp: &str, record: &log::Record<'_>, out: &mut Vec<u8>) {
     match format {
         LogFormat::Text => {
-            let mut line = format!(
-                "[{timestamp} {:<5} {}] {}",
-                record.level(),
-                record.target(),
-                record.args()
-            );
-            let _ = record.key_values().visit(&mut TextFields(&mut line));
-            line
+            out.push(b'[');
+            out.extend_from_slice(timestamp.as_bytes());
+            out.push(b' ');
+            let level = record.level().as_str();
+            out.extend_from_slice(level.as_bytes());
+            out.extend(std::iter::repeat_n(
+                b' ',
+                5usize.saturating_sub(level.len()),
+            ));
+            out.push(b' ');
+            out.extend_from_slice(record.target().as_bytes());
+            out.extend_from_slice(b"] ");
+            match record.args().as_str() {
+                Some(text) => out.extend_from_slice(text.as_bytes()),
+                None => {
+                    let _ = write!(out, "{}", record.args());
+                }
+            }
+            let _ = record.key_values().visit(&mut TextFields(out));
         }
         LogFormat::Json => {
             let mut object = serde_json::Map::new();
@@ -138,20 +355,28 @@ pub fn render(format: LogFormat, timestamp: &str, record: &log::Record<'_>) -> S
             object.insert("target".into(), record.target().into());
             object.insert("msg".into(), record.args().to_string().into());
             let _ = record.key_values().visit(&mut JsonFields(&mut object));
-            serde_json::Value::Object(object).to_string()
+            let _ = serde_json::to_writer(&mut *out, &serde_json::Value::Object(object));
         }
     }
 }
 
-struct TextFields<'a>(&'a mut String);
+/// ` key=value`, quoted (Rust string syntax) when the value is empty or
+/// holds a space, a quote or `=`.
+struct TextFields<'a>(&'a mut Vec<u8>);
 
 impl<'kvs> VisitSource<'kvs> for TextFields<'_> {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
-        let text = value.to_string();
-        if text.is_empty() || text.contains([' ', '"', '=']) {
-            self.0.push_str(&format!(" {key}={text:?}"));
-        } else {
-            self.0.push_str(&format!(" {key}={text}"));
+        let out = &mut *self.0;
+        out.push(b' ');
+        out.extend_from_slice(key.as_str().as_bytes());
+        out.push(b'=');
+        let start = out.len();
+        let _ = write!(out, "{value}");
+        let text = &out[start..];
+        if text.is_empty() || text.iter().any(|b| matches!(b, b' ' | b'"' | b'=')) {
+            let text = String::from_utf8_lossy(text).into_owned();
+            out.truncate(start);
+            let _ = write!(out, "{text:?}");
         }
         Ok(())
     }
@@ -219,5 +444,142 @@ mod tests {
                 "reason": "no running container"
             })
         );
+    }
+    #[test]
+    fn text_lines_format_arguments_and_quote_what_needs_it() {
+        let fields: &[(&str, Value<'_>)] = &[
+            ("empty", Value::from("")),
+            ("eq", Value::from("a=b")),
+            ("quote", Value::from("say \"hi\"\n")),
+            ("plain", Value::from(7i64)),
+        ];
+        let n = 3;
+        let text = render(
+            LogFormat::Text,
+            "2026-11-25T00:00:00.000Z",
+            &log::Record::builder()
+                .level(log::Level::Warn)
+                .target("t")
+                .args(format_args!("gave up after {n} tries"))
+                .key_values(&fields)
+                .build(),
+        );
+        assert_eq!(
+            text,
+            "[2026-11-25T00:00:00.000Z WARN  t] gave up after 3 tries empty=\"\" eq=\"a=b\" quote=\"say \\\"hi\\\"\\n\" plain=7"
+        );
+    }
+
+    #[test]
+    fn the_clock_writes_what_timestamp_millis_writes() {
+        let mut clock = Clock::default();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        // Within one second, across seconds, backwards, and far apart.
+        for step_ms in [
+            0u64, 1, 999, 1000, 1001, 59_999, 3_600_000, 86_399_999, 7, 0,
+        ] {
+            for base in [
+                start,
+                SystemTime::UNIX_EPOCH,
+                start + Duration::from_secs(40 * 365 * 86_400),
+            ] {
+                let t = base + Duration::from_millis(step_ms) + Duration::from_nanos(999_999);
+                assert_eq!(
+                    clock.timestamp(t),
+                    crate::imds::document::timestamp_millis(t),
+                    "{t:?}"
+                );
+            }
+        }
+    }
+
+    /// A `Write` into a shared Vec, for the writer thread's tests.
+    #[derive(Clone, Default)]
+    struct Sink(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_line_is_written_whole_and_in_order_by_flush() {
+        let sink = Sink::default();
+        let queue = Queue::spawn(Box::new(sink.clone()));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..20_000 {
+                        queue.push(format!("thread {t} line {i}\n").as_bytes());
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        queue.flush(Duration::from_secs(10));
+        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let mut next = [0usize; 4];
+        for line in out.lines() {
+            let words: Vec<&str> = line.split(' ').collect();
+            let t: usize = words[1].parse().unwrap();
+            assert_eq!(words[3].parse::<usize>().unwrap(), next[t], "{line}");
+            next[t] += 1;
+        }
+        assert_eq!(next, [20_000; 4]);
+    }
+
+    /// An output that accepts nothing until told to.
+    struct Stalled(std::sync::Arc<(Mutex<bool>, Condvar)>, Sink);
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, changed) = &*self.0;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = changed.wait(open).unwrap();
+            }
+            self.1.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_output_holds_loggers_at_the_bound_and_loses_nothing() {
+        let gate = std::sync::Arc::new((Mutex::new(false), Condvar::new()));
+        let sink = Sink::default();
+        let queue = Queue::spawn(Box::new(Stalled(gate.clone(), sink.clone())));
+        let line = [b'x'; 999]
+            .iter()
+            .chain(b"\n")
+            .copied()
+            .collect::<Vec<u8>>();
+        let lines = 3 * PENDING_BYTES / line.len();
+        let logger = std::thread::spawn(move || {
+            for _ in 0..lines {
+                queue.push(&line);
+            }
+        });
+        // The writer holds one batch and the queue fills up to the bound.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while queue.lock().waiting == 0 {
+            assert!(Instant::now() < deadline, "the logger never had to wait");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(queue.lock().pending.len() < PENDING_BYTES + 1000);
+        assert!(!logger.is_finished());
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        logger.join().unwrap();
+        queue.flush(Duration::from_secs(10));
+        assert_eq!(sink.0.lock().unwrap().len(), lines * 1000);
     }
 }
