@@ -118,6 +118,39 @@ const SEGMENT: &AsciiSet = &CONTROLS
 
 /// Decodes and normalises `raw` (the path of the request target, without query).
 pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathError> {
+    canonical_as_is(raw).map_or_else(|| canonicalize_slowly(raw), Ok)
+}
+
+/// The common case: a path already in canonical form, with nothing to
+/// decode, drop or resolve (no `%`, `;` or dot segments; only segment
+/// characters between the slashes). `None` for anything else, which
+/// [`canonicalize_slowly`] handles; both give the same result
+/// (`fast_path_agrees_with_the_slow_path` below).
+fn canonical_as_is(raw: &str) -> Option<CanonicalPath> {
+    let rest = raw.strip_prefix('/')?;
+    if raw.len() > MAX_PATH_LEN || !rest.bytes().all(|b| b == b'/' || is_segment_byte(b)) {
+        return None;
+    }
+    let mut segments = Vec::with_capacity(rest.bytes().filter(|&b| b == b'/').count() + 1);
+    let mut trailing_slash = false;
+    for segment in rest.split('/') {
+        if segment.is_empty() {
+            trailing_slash = true;
+        } else if segment.bytes().all(|b| b == b'.') {
+            return None;
+        } else {
+            segments.push(segment.to_string());
+            trailing_slash = false;
+        }
+    }
+    Some(CanonicalPath {
+        segments,
+        trailing_slash,
+    })
+}
+
+/// [`canonicalize`] for any spelling.
+fn canonicalize_slowly(raw: &str) -> Result<CanonicalPath, PathError> {
     if raw.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
     }
@@ -530,6 +563,53 @@ mod tests {
                 .to_uri_path(),
             "/latest/meta-data/instance-id"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// Paths built from the pieces that matter to either path.
+        #[test]
+        fn fast_path_agrees_with_the_slow_path(
+            raw in r"(/|\.|\.\.|%|%2[eEfF5]|;|[a-zA-Z0-9]|-|~|@|:|\\| |．|[\x00-\x7f]){0,24}"
+        ) {
+            proptest::prop_assert_eq!(canonicalize(&raw), canonicalize_slowly(&raw));
+        }
+
+        #[test]
+        fn fast_path_agrees_with_the_slow_path_on_any_text(raw in r"/?\PC{0,40}") {
+            proptest::prop_assert_eq!(canonicalize(&raw), canonicalize_slowly(&raw));
+        }
+    }
+
+    #[test]
+    fn fast_path_takes_the_common_spellings_and_leaves_the_rest() {
+        for raw in [
+            "/latest/meta-data/iam/security-credentials/BenchRole",
+            "/latest/meta-data/iam/security-credentials/",
+            "/",
+            "//latest//meta-data",
+            "/latest/meta-data/placement/..a",
+        ] {
+            assert_eq!(
+                canonical_as_is(raw).map(Ok),
+                Some(canonicalize_slowly(raw)),
+                "{raw}"
+            );
+        }
+        let too_long = "/a".repeat(600);
+        for raw in [
+            "/latest/meta-data/./iam",
+            "/latest/meta-data/x/..",
+            "/latest/meta-data/...",
+            "/latest;v=1/meta-data",
+            "/latest/%6deta-data",
+            "/latest/meta data",
+            "latest/meta-data",
+            &too_long,
+        ] {
+            assert_eq!(canonical_as_is(raw), None, "{raw}");
+        }
     }
 
     #[test]
