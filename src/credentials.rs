@@ -242,11 +242,11 @@ impl CredentialCache {
         slot.last_used.store(unix_secs(now), Ordering::Relaxed);
         if let Some(current) = slot.current.load_full() {
             if !expires_within(current.expiration, timing.min_left, now) {
-                metrics().cache.with_label_values(&["hit"]).inc();
+                metrics().cache_hits.inc();
                 return Ok(current);
             }
         }
-        metrics().cache.with_label_values(&["miss"]).inc();
+        metrics().cache_misses.inc();
         // STS just failed for this key and the credentials in hand are still
         // good: serve them now rather than make the client wait on STS again.
         // The background sweep keeps trying.

@@ -17,8 +17,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 
@@ -32,6 +32,9 @@ pub struct Metrics {
     pub latency: HistogramVec,
     pub sts_calls: IntCounterVec,
     pub cache: IntCounterVec,
+    /// `cache{result="hit"}` and `{result="miss"}`, resolved once.
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
     pub containers: IntGauge,
     pub reloads: IntCounterVec,
     pub event_stream_reconnects: IntCounter,
@@ -101,10 +104,60 @@ impl Metrics {
             requests,
             latency,
             sts_calls,
+            cache_hits: cache.with_label_values(&["hit"]),
+            cache_misses: cache.with_label_values(&["miss"]),
             cache,
             containers,
             reloads,
             event_stream_reconnects,
+        }
+    }
+
+    /// Counts one answered request and its latency. The labelled children
+    /// are looked up in a small per-thread cache first, which spares the
+    /// per-request hashing and the shared lock of `with_label_values`.
+    pub fn count_request(&self, route: &'static str, status: u16, alias: &str, seconds: f64) {
+        let counted = REQUEST_CHILDREN.with(|children| {
+            let Ok(mut children) = children.try_borrow_mut() else {
+                return false;
+            };
+            let entry = match children.iter().position(|c| c.route == route) {
+                Some(i) => &mut children[i],
+                None => {
+                    children.push(RouteChildren {
+                        route,
+                        latency: self.latency.with_label_values(&[route]),
+                        requests: Vec::new(),
+                    });
+                    children.last_mut().expect("just pushed")
+                }
+            };
+            entry.latency.observe(seconds);
+            match entry
+                .requests
+                .iter()
+                .find(|(s, a, _)| *s == status && &**a == alias)
+            {
+                Some((_, _, counter)) => counter.inc(),
+                None => {
+                    let counter =
+                        self.requests
+                            .with_label_values(&[route, &status.to_string(), alias]);
+                    counter.inc();
+                    // Bounded: past this, a thread counts the rare
+                    // combinations without caching them.
+                    if entry.requests.len() < CACHED_PER_ROUTE {
+                        entry.requests.push((status, alias.into(), counter));
+                    }
+                }
+            }
+            true
+        });
+        if !counted {
+            self.latency.with_label_values(&[route]).observe(seconds);
+            self.requests
+                .with_label_values(&[route, &status.to_string(), alias])
+                .inc();
         }
     }
 
@@ -116,6 +169,21 @@ impl Metrics {
             .expect("encoding to a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+/// (status, alias) combinations each thread caches per route kind.
+const CACHED_PER_ROUTE: usize = 64;
+
+/// One route kind's metric children, as one thread has met them.
+struct RouteChildren {
+    route: &'static str,
+    latency: Histogram,
+    requests: Vec<(u16, Box<str>, IntCounter)>,
+}
+
+thread_local! {
+    static REQUEST_CHILDREN: std::cell::RefCell<Vec<RouteChildren>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The process's metrics: like the logger, one per process.

@@ -199,14 +199,6 @@ async fn handle(
             id:% = id, status = status.as_u16(), container, alias, ms, reason:% = reason; "response"
         ),
     }
-    let metrics = metrics();
-    metrics
-        .requests
-        .with_label_values(&[reply.route, status.as_str(), alias])
-        .inc();
-    metrics
-        .latency
-        .with_label_values(&[reply.route])
-        .observe(elapsed.as_secs_f64());
+    metrics().count_request(reply.route, status.as_u16(), alias, elapsed.as_secs_f64());
     Ok(response)
 }
