@@ -22,6 +22,7 @@ import argparse
 import concurrent.futures
 import datetime
 import http.client
+import itertools
 import json
 import os
 import platform
@@ -262,8 +263,33 @@ def run_wrk(args, port, ips, seconds, connections, pid=None):
     return result
 
 
-def run_oha(args, port, ips, seconds, connections, rate):
-    """Open-loop load at `rate` req/s (oha -q with latency correction)."""
+def pin(pid, cpus):
+    """Sets the CPU affinity of every thread of pid and its children."""
+    for p in tree_pids(pid):
+        try:
+            tids = os.listdir("/proc/%d/task" % p)
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                pass
+
+
+def split_cpus():
+    """(servers' CPUs, load generator's CPUs) for the pinned run, or None
+    with fewer than 2 CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
+def run_oha(args, port, ips, seconds, connections, rate, cpus=None):
+    """Open-loop load at `rate` req/s (oha -q with latency correction), on
+    `cpus` when given."""
     env = dict(os.environ)
     env.update({"LD_PRELOAD": args.shim, "SRCBIND_IPS": ",".join(ips), "SRCBIND_PORT": str(port)})
     argv = [
@@ -271,7 +297,8 @@ def run_oha(args, port, ips, seconds, connections, rate):
         "--latency-correction", "--no-tui", "--output-format", "json",
         "http://127.0.0.1:%d%s" % (port, PATH),
     ]
-    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60,
+                         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     result = {"tool": "oha", "rate": rate, "rps": None, "p50": None, "p99": None, "non2xx": 0, "errors": 0}
     try:
         data = json.loads(out.stdout)
@@ -533,6 +560,25 @@ def bench_n(args, tmp, n, sock, counter_port, load_ips, r):
                                             args.connections, rate)
                     log("%s at %.0f req/s open-loop: achieved %s, p50 %s, p99 %s" % (
                         names[k], rate, fmt(x.get("rps")), ms(x.get("p50")), ms(x.get("p99"))))
+            split = split_cpus()
+            if split:
+                # The same rate with the servers and oha on separate cores, so
+                # that they do not take each other's CPU time.
+                servers_cpus, load_cpus = split
+                everything = os.sched_getaffinity(0)
+                for k in order:
+                    pin(servers[k].proc.pid, servers_cpus)
+                try:
+                    for k in order:
+                        x = r[k]["rated_pinned"] = run_oha(args, servers[k].port, load_ips, args.rate_seconds,
+                                                           args.connections, half, load_cpus)
+                        x["cpus"] = "servers on CPU %s, oha on CPU %s" % (
+                            ",".join(map(str, sorted(servers_cpus))), ",".join(map(str, sorted(load_cpus))))
+                        log("%s at %.0f req/s open-loop, pinned (%s): achieved %s, p50 %s, p99 %s" % (
+                            names[k], half, x["cpus"], fmt(x.get("rps")), ms(x.get("p50")), ms(x.get("p99"))))
+                finally:
+                    for k in order:
+                        pin(servers[k].proc.pid, everything)
         r["load_assume_role"] = assume_role_calls(counter_port) - calls0
         for k in order:
             r[k]["rss_mib"] = peak_rss_mib(servers[k].proc.pid)
@@ -735,11 +781,15 @@ def report(args, results, wall, started_at):
         out(row("(b) bare hyper 1 baseline", b))
         out(row("(c) lyft metadataproxy (gunicorn, 2 gevent workers)", c))
         out("")
-        for which, what in (("rated", "half of (b)'s throughput"), ("rated_low", "a fixed low rate")):
+        for which, what in (("rated", "half of (b)'s throughput"),
+                            ("rated_pinned", "half of (b)'s throughput, pinned"),
+                            ("rated_low", "a fixed low rate")):
             if not any((r.get(k) or {}).get(which) for k in ("a", "a_warn", "b")):
                 continue
-            rate = next((r.get(k) or {}).get(which, {}).get("rate") for k in ("b", "a", "a_warn")
-                        if (r.get(k) or {}).get(which))
+            first = next((r.get(k) or {}).get(which) for k in ("b", "a", "a_warn") if (r.get(k) or {}).get(which))
+            rate = first.get("rate")
+            if first.get("cpus"):
+                what += ": %s, one server at a time" % first["cpus"]
             out("Open loop at %s req/s (%s), oha `-q` with latency correction:" % (fmt(rate), what))
             out("")
             out("| server | achieved req/s | p50 | p99 | errors |")
@@ -804,12 +854,15 @@ def report(args, results, wall, started_at):
                            "%s (by CPU per request: %s)" % (fmt(q, "%.3fx"), fmt(cq, "%.2fx")),
                            q is not None and q >= 0.8))
     for n in args.ns:
-        for key, name in (("a", "info"), ("a_warn", "warn")):
-            rated = (results[n].get(key) or {}).get("rated") or {}
-            base = (results[n].get("b") or {}).get("rated") or {}
+        for (key, name), (which, how) in itertools.product(
+                (("a", "info"), ("a_warn", "warn")), (("rated", ""), ("rated_pinned", ", pinned"))):
+            rated = (results[n].get(key) or {}).get(which) or {}
+            base = (results[n].get("b") or {}).get(which) or {}
+            if not rated and which == "rated_pinned":
+                continue
             p99 = rated.get("p99")
             achieved = rated.get("rps") and rated.get("rate") and rated["rps"] >= 0.95 * rated["rate"]
-            checks.append(("p99 < 1 ms at half baseline throughput (N=%d, %s)" % (n, name),
+            checks.append(("p99 < 1 ms at half baseline throughput (N=%d, %s%s)" % (n, name, how),
                            "%s at %s req/s (the baseline's own p99 there: %s)"
                            % (ms(p99), fmt(rated.get("rps")), ms(base.get("p99"))),
                            p99 is not None and p99 < 1.0 and bool(achieved)))
