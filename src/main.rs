@@ -45,7 +45,30 @@ fn fail(error: &dyn std::error::Error, hint: Option<String>) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// glibc's malloc gives threads arenas of their own, up to 8 per core, and
+/// each arena keeps its freed memory for reuse. Two are enough for this
+/// proxy and save about a MiB of resident memory at N=1000 (one would save
+/// a little more, but would put every thread behind one lock whenever its
+/// thread cache misses). `MALLOC_ARENA_MAX` in the environment still wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    const M_ARENA_MAX: std::ffi::c_int = -8;
+    extern "C" {
+        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a tunable; called before any other thread starts.
+        unsafe {
+            mallopt(M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let args: Args = argh::from_env();
     if args.version {
         println!("ec2metaproxy {}", env!("CARGO_PKG_VERSION"));
