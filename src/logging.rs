@@ -343,7 +343,7 @@ fn render_into(format: LogFormat, timestamp: &str, record: &log::Record<'_>, out
             match record.args().as_str() {
                 Some(text) => out.extend_from_slice(text.as_bytes()),
                 None => {
-                    let _ = write!(out, "{}", record.args());
+                    let _ = std::fmt::Write::write_fmt(&mut Utf8(out), *record.args());
                 }
             }
             let _ = record.key_values().visit(&mut TextFields(out));
@@ -360,6 +360,17 @@ fn render_into(format: LogFormat, timestamp: &str, record: &log::Record<'_>, out
     }
 }
 
+/// Formats into a byte buffer directly (`io::Write` on a Vec goes through
+/// an adapter that handles I/O errors that cannot happen here).
+struct Utf8<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Utf8<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+}
+
 /// ` key=value`, quoted (Rust string syntax) when the value is empty or
 /// holds a space, a quote or `=`.
 struct TextFields<'a>(&'a mut Vec<u8>);
@@ -371,7 +382,12 @@ impl<'kvs> VisitSource<'kvs> for TextFields<'_> {
         out.extend_from_slice(key.as_str().as_bytes());
         out.push(b'=');
         let start = out.len();
-        let _ = write!(out, "{value}");
+        match value.to_borrowed_str() {
+            Some(text) => out.extend_from_slice(text.as_bytes()),
+            None => {
+                let _ = std::fmt::Write::write_fmt(&mut Utf8(out), format_args!("{value}"));
+            }
+        }
         let text = &out[start..];
         if text.is_empty() || text.iter().any(|b| matches!(b, b' ' | b'"' | b'=')) {
             let text = String::from_utf8_lossy(text).into_owned();
