@@ -39,7 +39,7 @@ def keepalive_requests(port, ips, count):
     return ok
 
 
-def instructions(binary, tmp, sock, counter_port, ips, count, log_level):
+def instructions(binary, tmp, sock, counter_port, ips, count, log_level, keep=None):
     port = run.free_port()
     config = run.write_proxy_config(tmp, port, sock)
     env = run.aws_env(counter_port)
@@ -71,6 +71,8 @@ def instructions(binary, tmp, sock, counter_port, ips, count, log_level):
             m = re.match(r"(?:summary|totals): (\d+)", line)
             if m:
                 total = int(m.group(1))
+    if keep:
+        os.rename(out + ".1", keep)
     for name in os.listdir(tmp):
         if name.startswith(os.path.basename(out)):
             os.unlink(os.path.join(tmp, name))
@@ -116,6 +118,7 @@ def main():
     p.add_argument("--levels", default="info,warn")
     p.add_argument("--no-wrk", action="store_true")
     p.add_argument("--no-callgrind", action="store_true")
+    p.add_argument("--keep", help="keep the callgrind dumps as KEEP.NAME.LEVEL")
     p.add_argument("--n", type=int, default=10, help="containers in the fake Docker (all warmed)")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the proxy (wrk runs)")
     args = p.parse_args()
@@ -141,7 +144,8 @@ def main():
             label = "RUST_LOG=%s" % level if level else "info (default)"
             if not args.no_callgrind:
                 for name, binary in builds:
-                    per, ok = instructions(binary, tmp, sock, counter_port, ips, args.requests, level)
+                    keep = args.keep and "%s.%s.%s" % (args.keep, name, level or "info")
+                    per, ok = instructions(binary, tmp, sock, counter_port, ips, args.requests, level, keep)
                     print("%-8s %-16s %8.0f instructions/request (callgrind, %d/%d 200s)"
                           % (name, label, per, ok, args.requests), flush=True)
             if not args.no_wrk:
