@@ -87,6 +87,12 @@ impl Container {
         self
     }
 
+    /// True for an address of `roleMappingFile`, which stands in as a
+    /// container with no ID.
+    pub fn is_stand_in(&self) -> bool {
+        self.id.is_empty()
+    }
+
     pub fn short_id(&self) -> &str {
         &self.id[..self.id.len().min(12)]
     }

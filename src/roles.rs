@@ -169,6 +169,8 @@ pub trait RoleLookup: Send + Sync + 'static {
 pub enum RoleError {
     #[error("label {ROLE_ALIAS_LABEL}=\"{0}\" names no alias in aliasToARN")]
     UnknownAlias(String),
+    #[error("roleMappingFile maps this address to \"{0}\", which names no alias in aliasToARN")]
+    UnknownMappedAlias(String),
     #[error(
         "environment {0}=\"{1}\" names no alias in aliasToARN (and allowUnmappedRoles is off)"
     )]
@@ -196,7 +198,10 @@ pub async fn assign(
         Some(alias) => roles
             .get(alias)
             .cloned()
-            .ok_or_else(|| RoleError::UnknownAlias(alias.clone()))?,
+            .ok_or_else(|| match container.is_stand_in() {
+                true => RoleError::UnknownMappedAlias(alias.clone()),
+                false => RoleError::UnknownAlias(alias.clone()),
+            })?,
         None => match env_role(roles, container).inspect(|_| chosen_by_env = true) {
             Some((variable, value)) => match roles.get(value) {
                 Some(role) => role.clone(),
@@ -418,6 +423,14 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "label ec2metaproxy.RoleAlias=\"nope\" names no alias in aliasToARN"
+        );
+        // The same from roleMappingFile names the file, not a label.
+        let mapped = crate::mapping::parse(r#"{"10.0.0.5": "nope"}"#, "m.json").unwrap();
+        let stand_in = &mapped[&"10.0.0.5".parse().unwrap()];
+        let error = pick(&roles(), stand_in).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "roleMappingFile maps this address to \"nope\", which names no alias in aliasToARN"
         );
     }
 
