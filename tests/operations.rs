@@ -14,9 +14,9 @@ use ec2metaproxy::docker::{
     Container, ContainerIndex, ContainerSource, EventStream, PlatformError,
 };
 use ec2metaproxy::metrics::{self, ProxyReadiness, Readiness};
-use ec2metaproxy::server::{serve, Limits};
+use ec2metaproxy::server::Limits;
 
-use crate::raw::{container, fixture_with, FakeSts};
+use crate::raw::{container, listen, loopback_fixture, FakeSts, Listening};
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -143,23 +143,9 @@ async fn readyz_is_503_while_docker_is_unreachable_and_200_once_synced() {
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_status_and_alias() {
-    let f = fixture_with(
-        "",
-        vec![container(
-            "scraped",
-            "127.0.0.1",
-            &[("ec2metaproxy.RoleAlias", "web")],
-        )],
-    )
-    .await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    tokio::spawn(serve(
-        listener,
-        f.imds.clone(),
-        Limits::default(),
-        std::future::pending(),
-    ));
+    let f = loopback_fixture("scraped", vec![]).await;
+    let listening = listen(f.imds.clone(), Limits::default()).await;
+    let proxy = listening.addr;
     let scrape = metrics_listener(Arc::new(Always(Ok(())))).await;
 
     let listing = r#"ec2metaproxy_requests_total{alias="web",route="role-listing",status="200"}"#;
@@ -194,22 +180,9 @@ async fn metrics_count_requests_by_route_status_and_alias() {
 /// SIGTERM's path: stop accepting, let the request in flight finish.
 #[tokio::test]
 async fn shutdown_finishes_a_request_in_flight() {
-    let f = fixture_with(
-        "",
-        vec![container(
-            "slow",
-            "127.0.0.1",
-            &[("ec2metaproxy.RoleAlias", "web")],
-        )],
-    )
-    .await;
+    let f = loopback_fixture("slow", vec![]).await;
     *f.sts.delay.lock().unwrap() = Duration::from_millis(500);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, f.imds.clone(), Limits::default(), async {
-        let _ = stopped.await;
-    }));
+    let Listening { addr, stop, server } = listen(f.imds.clone(), Limits::default()).await;
     let in_flight = tokio::spawn(get(addr, "/latest/meta-data/iam/security-credentials/Web"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.send(()).unwrap();

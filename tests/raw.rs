@@ -233,6 +233,36 @@ async fn fixture() -> Fixture {
     fixture_with("", vec![]).await
 }
 
+/// A fixture whose caller on 127.0.0.1 (where tests connect from) is a
+/// container named `name` with the `web` alias, beside `others`.
+pub(crate) async fn loopback_fixture(name: &str, others: Vec<Container>) -> Fixture {
+    let mut containers = vec![container(
+        name,
+        "127.0.0.1",
+        &[("ec2metaproxy.RoleAlias", "web")],
+    )];
+    containers.extend(others);
+    fixture_with("", containers).await
+}
+
+/// The proxy served on a loopback port as `main` serves it. Sending on (or
+/// dropping) `stop` starts its graceful shutdown; `server` ends after it.
+pub(crate) struct Listening {
+    pub(crate) addr: SocketAddr,
+    pub(crate) stop: tokio::sync::oneshot::Sender<()>,
+    pub(crate) server: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) async fn listen(imds: Arc<Imds>, limits: Limits) -> Listening {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, imds, limits, async {
+        let _ = stopped.await;
+    }));
+    Listening { addr, stop, server }
+}
+
 impl Fixture {
     /// Whom the proxy binds `caller`'s tokens to: its address and the
     /// container holding it.
@@ -849,21 +879,10 @@ mod server {
     }
 
     async fn start_with(limits: Limits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-        let f = fixture_with(
-            "",
-            vec![
-                container("local", "127.0.0.1", &[("ec2metaproxy.RoleAlias", "web")]),
-                container("neighbour", "127.0.0.2", &[]),
-            ],
-        )
-        .await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, f.imds, limits, async {
-            let _ = stopped.await;
-        }));
-        (addr, stop)
+        let neighbour = container("neighbour", "127.0.0.2", &[]);
+        let f = loopback_fixture("local", vec![neighbour]).await;
+        let proxy = listen(f.imds, limits).await;
+        (proxy.addr, proxy.stop)
     }
 
     /// Sends raw bytes and reads until the server closes the connection.

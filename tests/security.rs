@@ -20,13 +20,15 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use ec2metaproxy::config::DEFAULT_PASSTHROUGH;
 use ec2metaproxy::imds::path::{canonicalize, classify, names_identity, CanonicalPath, Route};
-use ec2metaproxy::server::{serve, Limits};
+use ec2metaproxy::server::Limits;
 
-use crate::raw::{container, fixture_with, ip, now, Fixture, NOW_SECS, WEB_IP};
+use crate::raw::{
+    fixture_with, ip, listen, loopback_fixture, now, Fixture, Listening, NOW_SECS, WEB_IP,
+};
 
 const CORPUS: &str = include_str!("corpus/identity-requests.txt");
 const CANARY: &str = "CANARY";
@@ -390,25 +392,12 @@ async fn corpus_in_process_never_reaches_the_hosts_identity() {
 
 #[tokio::test]
 async fn corpus_through_the_listener_never_reaches_the_hosts_identity() {
-    let f = fixture_with(
-        "",
-        vec![container(
-            "local",
-            "127.0.0.1",
-            &[("ec2metaproxy.RoleAlias", "web")],
-        )],
-    )
-    .await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let f = loopback_fixture("local", vec![]).await;
     let limits = Limits {
         header_read_timeout: Duration::from_secs(2),
         ..Limits::default()
     };
-    tokio::spawn(serve(listener, f.imds.clone(), limits, async {
-        let _ = stopped.await;
-    }));
+    let Listening { addr, stop, .. } = listen(f.imds.clone(), limits).await;
     let token = f.token("127.0.0.1", 600, NOW_SECS);
     let mut failures = Vec::new();
     let mut statuses = BTreeMap::new();
