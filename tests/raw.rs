@@ -264,31 +264,22 @@ pub(crate) async fn listen(imds: Arc<Imds>, limits: Limits) -> Listening {
 }
 
 impl Fixture {
-    /// Whom the proxy binds `caller`'s tokens to: its address and the
-    /// container holding it.
-    fn holder_id(&self, caller: &str) -> String {
-        self.index
-            .get(ip(caller))
-            .map(|c| c.id.clone())
-            .unwrap_or_default()
+    /// The ID of the container holding `caller`, to which the proxy binds
+    /// its tokens.
+    fn holder_id(&self, caller: &str) -> Option<String> {
+        self.index.get(ip(caller)).map(|c| c.id.clone())
     }
 
     /// A token as the proxy would issue it to `caller` at `now`.
     pub(crate) fn token(&self, caller: &str, ttl: u64, now: u64) -> String {
         let id = self.holder_id(caller);
-        let holder = Holder {
-            ip: ip(caller),
-            container: &id,
-        };
+        let holder = Holder::new(ip(caller), id.as_deref());
         self.tokens.issue(holder, ttl, now)
     }
 
     pub(crate) fn token_is_valid(&self, token: &str, caller: &str, now: u64) -> bool {
         let id = self.holder_id(caller);
-        let holder = Holder {
-            ip: ip(caller),
-            container: &id,
-        };
+        let holder = Holder::new(ip(caller), id.as_deref());
         self.tokens.is_valid(token.as_bytes(), holder, now)
     }
 }

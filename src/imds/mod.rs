@@ -170,10 +170,7 @@ impl Imds {
             return method_not_allowed("GET, HEAD");
         }
         let container = self.holder_of(caller).await;
-        let holder = Holder {
-            ip: caller,
-            container: container.as_ref().map_or("", |c| &c.id),
-        };
+        let holder = Holder::new(caller, container.as_deref().map(|c| c.id.as_str()));
         match headers.get(TOKEN_HEADER) {
             Some(token) => {
                 // A 401 here would send Go and JS clients to fetch a new token,
@@ -299,10 +296,7 @@ impl Imds {
             );
         };
         let container = self.holder_of(caller).await;
-        let holder = Holder {
-            ip: caller,
-            container: container.as_ref().map_or("", |c| &c.id),
-        };
+        let holder = Holder::new(caller, container.as_deref().map(|c| c.id.as_str()));
         let token = self.tokens.issue(holder, ttl, unix_now);
         let mut response = document::text(token);
         // aws-config fails without this echo; old Go and Ruby fall back to IMDSv1.

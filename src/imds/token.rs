@@ -181,10 +181,18 @@ pub struct Holder<'a> {
     pub container: &'a str,
 }
 
-impl Holder<'_> {
+impl<'a> Holder<'a> {
+    /// `ip`, held by the container with ID `container` (`None`: by none).
+    pub fn new(ip: IpAddr, container: Option<&'a str>) -> Holder<'a> {
+        Holder {
+            ip,
+            container: container.unwrap_or(""),
+        }
+    }
+
     /// An address no container holds.
     pub fn address(ip: IpAddr) -> Holder<'static> {
-        Holder { ip, container: "" }
+        Holder::new(ip, None)
     }
 }
 
