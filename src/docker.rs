@@ -946,6 +946,17 @@ mod tests {
             (source, tx)
         }
 
+        /// Docker starts `container` and sends its event.
+        fn start(
+            &self,
+            events: &UnboundedSender<Result<ContainerEvent, PlatformError>>,
+            container: Container,
+        ) {
+            let id = container.id.clone();
+            self.running.lock().unwrap().push(container);
+            events.send(Ok(ContainerEvent::Changed(id))).unwrap();
+        }
+
         fn listing_without_processes(running: Vec<Container>) -> Arc<FakeSource> {
             let (tx, rx) = mpsc::unbounded_channel();
             std::mem::forget(tx);
@@ -1095,14 +1106,7 @@ mod tests {
         assert!(index.is_synced());
         assert_eq!(index.get("10.0.0.2".parse().unwrap()).unwrap().id, "a");
 
-        source
-            .running
-            .lock()
-            .unwrap()
-            .push(container("b", "10.0.0.3"));
-        events
-            .send(Ok(ContainerEvent::Changed("b".into())))
-            .unwrap();
+        source.start(&events, container("b", "10.0.0.3"));
         settle().await;
         assert_eq!(index.get("10.0.0.3".parse().unwrap()).unwrap().id, "b");
 
@@ -1123,14 +1127,7 @@ mod tests {
         let mut changes = index.subscribe();
         settle().await;
         assert!(matches!(changes.recv().await.unwrap(), IndexChange::Up(c) if c.id == "a"));
-        source
-            .running
-            .lock()
-            .unwrap()
-            .push(container("b", "10.0.0.3"));
-        events
-            .send(Ok(ContainerEvent::Changed("b".into())))
-            .unwrap();
+        source.start(&events, container("b", "10.0.0.3"));
         assert!(matches!(changes.recv().await.unwrap(), IndexChange::Up(c) if c.id == "b"));
         events.send(Ok(ContainerEvent::Gone("a".into()))).unwrap();
         assert!(matches!(changes.recv().await.unwrap(), IndexChange::Gone(c) if c.id == "a"));
