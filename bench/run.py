@@ -126,33 +126,32 @@ def get(port, path, source_ip=None, timeout=5.0):
         conn.close()
 
 
-def unix_get(sock_path, path):
+def unix_request(sock_path, method, path, body=None):
+    """One request to the fake Docker's unix socket; returns (status, body bytes).
+    `body`, when given, is sent as JSON."""
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(5)
     s.connect(sock_path)
     conn = http.client.HTTPConnection("localhost")
     conn.sock = s
     try:
-        conn.request("GET", path)
+        if body is None:
+            conn.request(method, path)
+        else:
+            conn.request(method, path, body=json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json"})
         r = conn.getresponse()
         return r.status, r.read()
     finally:
         conn.close()
+
+
+def unix_get(sock_path, path):
+    return unix_request(sock_path, "GET", path)
 
 
 def unix_post(sock_path, path, body):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(5)
-    s.connect(sock_path)
-    conn = http.client.HTTPConnection("localhost")
-    conn.sock = s
-    try:
-        data = json.dumps(body).encode()
-        conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
+    return unix_request(sock_path, "POST", path, body)
 
 
 def proc_status(pid):
