@@ -195,13 +195,13 @@ pub async fn assign(
 ) -> Result<Assignment, RoleError> {
     let mut chosen_by_env = false;
     let role = match container.labels.get(ROLE_ALIAS_LABEL) {
-        Some(alias) => roles
-            .get(alias)
-            .cloned()
-            .ok_or_else(|| match container.is_stand_in() {
-                true => RoleError::UnknownMappedAlias(alias.clone()),
-                false => RoleError::UnknownAlias(alias.clone()),
-            })?,
+        Some(alias) => roles.get(alias).cloned().ok_or_else(|| {
+            if container.is_stand_in() {
+                RoleError::UnknownMappedAlias(alias.clone())
+            } else {
+                RoleError::UnknownAlias(alias.clone())
+            }
+        })?,
         None => match env_role(roles, container).inspect(|_| chosen_by_env = true) {
             Some((variable, value)) => match roles.get(value) {
                 Some(role) => role.clone(),
