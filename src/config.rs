@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::imds::local::LocalMetadata;
 use crate::logging::LogFormat;
-use crate::roles::{Role, RoleArn, SessionKey};
+use crate::roles::{is_account_id, Role, RoleArn, SessionKey};
 
 /// Where the Go fork and Docker itself expect the engine.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -663,10 +663,6 @@ impl Validator<'_> {
             )),
         }
     }
-}
-
-fn is_account_id(text: &str) -> bool {
-    text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn kind(value: &Value) -> &'static str {

@@ -43,10 +43,7 @@ impl RoleArn {
         ) else {
             return Err(problem());
         };
-        if !partition.starts_with("aws")
-            || account.len() != 12
-            || !account.bytes().all(|b| b.is_ascii_digit())
-        {
+        if !partition.starts_with("aws") || !is_account_id(account) {
             return Err(problem());
         }
         let Some(path_and_name) = resource.strip_prefix("role/") else {
@@ -119,6 +116,11 @@ impl Role {
             duration: None,
         }
     }
+}
+
+/// An AWS account ID: twelve digits.
+pub fn is_account_id(text: &str) -> bool {
+    text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Where a role session name comes from (`roleSessionKey`).
@@ -279,7 +281,7 @@ async fn unmapped_role(
     } else if let Some((name, account)) = value.split_once('@') {
         let account = match roles.account_map.get(account) {
             Some(id) => id.as_str(),
-            None if account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) => account,
+            None if is_account_id(account) => account,
             None => {
                 return Err(bad(format!(
                     "account \"{account}\" is neither an ID nor in accountMap"
