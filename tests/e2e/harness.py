@@ -223,6 +223,35 @@ class Container:
     redirected: bool = False
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 5) -> bool:
+    """SIGTERM `proc`, wait up to `grace` seconds, then SIGKILL it.
+    True when it had to be killed."""
+    if proc.poll() is not None:
+        return False
+    proc.terminate()
+    try:
+        proc.wait(grace)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        return True
+
+
+class LogFile:
+    """A process whose output goes to the file at `self.log_path`."""
+    log_path: Path
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+
 class Moto:
     def __init__(self, run: "Run", ip: str):
         self.ip = ip
@@ -257,13 +286,7 @@ class Moto:
         return arn
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._log.close()
 
 
@@ -328,7 +351,7 @@ class FakeUpstream:
         self.server.server_close()
 
 
-class Proxy:
+class Proxy(LogFile):
     """The ec2metaproxy daemon under test, on the host, listening on the gateway IP."""
 
     def __init__(self, run: "Run", listen_ip: str, config: dict, env: dict, name: str = "proxy"):
@@ -381,15 +404,6 @@ class Proxy:
         self._spawn()
         return took
 
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-n:])
-
     def wait_log(self, needle: str, timeout: float = 3.0) -> bool:
         """True once `needle` is in the log (lines may be written just after the response)."""
         deadline = time.monotonic() + timeout
@@ -404,14 +418,8 @@ class Proxy:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self.proc.kill()
-                self.proc.wait(5)
+        if stop_process(self.proc, grace=10):  # the proxy drains for up to 10 s
+            self.killed = True
         self.last_exit = self.proc.returncode
         self._log.close()
 

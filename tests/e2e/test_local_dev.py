@@ -60,7 +60,7 @@ def _subnet_in_use() -> str | None:
     return None
 
 
-class NetnsProxy:
+class NetnsProxy(harness.LogFile):
     """The host's proxy binary run inside the pause container's network namespace,
     listening on 169.254.169.254:80: the network shape of a proxy container."""
 
@@ -81,15 +81,6 @@ class NetnsProxy:
         self.killed = False
         run.cleanup.push(self.stop, f"stop {name}")
 
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-n:])
-
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -109,14 +100,8 @@ class NetnsProxy:
                                  f"(alive: {self.alive()}):\n{harness.redact(self.tail())}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(12)  # the proxy drains for up to 10 s
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self.proc.kill()
-                self.proc.wait(5)
+        if harness.stop_process(self.proc, grace=12):  # the proxy drains for up to 10 s
+            self.killed = True
         if not self._log.closed:
             self._log.close()
 

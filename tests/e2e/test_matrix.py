@@ -343,13 +343,7 @@ class Shim:
             return []
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        harness.stop_process(self.proc)
 
 
 def _describe(client: Client, argv_rc_out, requests, m: Matrix, proxy: harness.Proxy) -> str:
