@@ -630,11 +630,9 @@ class Run:
         })
         return env
 
-    def start_proxy(self, alias_to_arn: dict[str, str], default_alias: str,
-                    name: str = "proxy", **extra) -> Proxy:
-        """Start a proxy on the gateway IP. The first one (name "proxy") is
-        `self.proxy`, the one containers reach through 169.254.169.254; others
-        (another name, their own log and stateDir) are reached by address."""
+    def proxy_config(self, name: str, alias_to_arn: dict, default_alias: str, **extra) -> dict:
+        """The config of a proxy called `name`: local Docker, debug logging, the
+        fake upstream (if any) and a stateDir of its own; `extra` keys on top."""
         state = self.tmp / f"{name}-state"
         state.mkdir(mode=0o700, exist_ok=True)
         config = {
@@ -646,6 +644,14 @@ class Run:
             "stateDir": str(state),
         }
         config.update(extra)
+        return config
+
+    def start_proxy(self, alias_to_arn: dict[str, str], default_alias: str,
+                    name: str = "proxy", **extra) -> Proxy:
+        """Start a proxy on the gateway IP. The first one (name "proxy") is
+        `self.proxy`, the one containers reach through 169.254.169.254; others
+        (another name, their own log and stateDir) are reached by address."""
+        config = self.proxy_config(name, alias_to_arn, default_alias, **extra)
         proxy = Proxy(self, self.network.gateway, config, self.proxy_env(), name=name)
         if self.proxy is None:
             self.proxy = proxy

@@ -66,17 +66,7 @@ class Mig:
         run = self.run
         alias_to_arn = {a: (role_arn(v) if isinstance(v, str) and not v.startswith("arn:") else v)
                         for a, v in aliases.items()}
-        state = run.tmp / f"{name}-state"
-        state.mkdir(mode=0o700, exist_ok=True)
-        config = {
-            "aliasToARN": alias_to_arn,
-            "defaultAlias": default,
-            "dockerHost": "unix:///var/run/docker.sock",
-            "verbose": True,
-            "metadataURL": run.upstream.url if run.upstream else None,
-            "stateDir": str(state),
-        }
-        config.update(extra)
+        config = run.proxy_config(name, alias_to_arn, default, **extra)
         env = dict(run.proxy_env(), AWS_ENDPOINT_URL_STS=self.recorder.url)
         p = harness.Proxy(run, listen_ip or run.network.gateway, config, env, name=name)
         self.proxies.append(p)
