@@ -42,10 +42,7 @@ def keepalive_requests(port, ips, count):
 def instructions(binary, tmp, sock, counter_port, ips, count, log_level, keep=None):
     port = run.free_port()
     config = run.write_proxy_config(tmp, port, sock)
-    env = run.aws_env(counter_port)
-    env["AWS_REGION"] = "us-east-1"
-    if log_level:
-        env["RUST_LOG"] = log_level
+    env = run.proxy_env(counter_port, log_level)
     out = os.path.join(tmp, "callgrind.%d.out" % port)
     log_file = open(os.path.join(tmp, "proxy-%d.log" % port), "wb")
     proc = run.start("proxy", ["valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -86,10 +83,7 @@ def cpu_per_request(args, binary, tmp, sock, counter_port, ips, log_level, n):
     a.shim, a.wrk, a.threads = args.shim, args.wrk, 2
     port = run.free_port()
     config = run.write_proxy_config(tmp, port, sock)
-    env = run.aws_env(counter_port)
-    env["AWS_REGION"] = "us-east-1"
-    if log_level:
-        env["RUST_LOG"] = log_level
+    env = run.proxy_env(counter_port, log_level)
     env.update(dict(kv.split("=", 1) for kv in args.env))
     log_path = os.path.join(tmp, "wrk-%d.log" % port)
     log_file = open(log_path, "wb")

@@ -371,6 +371,15 @@ def aws_env(counter_port):
     }
 
 
+def proxy_env(counter_port, log_level=None):
+    """The proxy's environment: STS through the counter, and RUST_LOG when given."""
+    env = aws_env(counter_port)
+    env["AWS_REGION"] = "us-east-1"
+    if log_level:
+        env["RUST_LOG"] = log_level
+    return env
+
+
 def timed_first_200(port, source_ip, started, timeout=30.0):
     """Polls from source_ip until a 200; returns (ms to first HTTP answer, ms to first 200)."""
     first_answer = None
@@ -456,11 +465,8 @@ def start_proxy(args, tmp, n, docker_sock, counter_port, load_ips, log_level):
     container (so each has its credentials cached)."""
     port = free_port()
     config = write_proxy_config(tmp, port, docker_sock)
-    env = aws_env(counter_port)
-    env["AWS_REGION"] = "us-east-1"
+    env = proxy_env(counter_port, log_level)
     saved = os.environ.pop("RUST_LOG", None)
-    if log_level:
-        env["RUST_LOG"] = log_level
     label = "RUST_LOG=%s" % log_level if log_level else "default logging"
     # The log goes to a file, as it would to a log file or journald.
     os.makedirs(os.path.join(tmp, "logs"), exist_ok=True)
