@@ -12,7 +12,6 @@
 //! than the request itself.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -174,12 +173,12 @@ impl Clock {
                 }
             }
         }
-        let _ = write!(
-            self.text,
-            "{}{:03}Z",
-            self.prefix,
-            since_epoch.subsec_millis()
-        );
+        let millis = since_epoch.subsec_millis();
+        self.text.push_str(&self.prefix);
+        for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+            self.text.push(char::from(b'0' + digit as u8));
+        }
+        self.text.push('Z');
         &self.text
     }
 }
@@ -372,7 +371,9 @@ impl std::fmt::Write for Utf8<'_> {
 }
 
 /// ` key=value`, quoted (Rust string syntax) when the value is empty or
-/// holds a space, a quote or `=`.
+/// holds a space, a quote or `=`. Strings, integers and the thousandths of
+/// `ms` are written without the formatting machinery: two lines per request
+/// make it a good part of a request's cost.
 struct TextFields<'a>(&'a mut Vec<u8>);
 
 impl<'kvs> VisitSource<'kvs> for TextFields<'_> {
@@ -381,21 +382,67 @@ impl<'kvs> VisitSource<'kvs> for TextFields<'_> {
         out.push(b' ');
         out.extend_from_slice(key.as_str().as_bytes());
         out.push(b'=');
-        let start = out.len();
-        match value.to_borrowed_str() {
-            Some(text) => out.extend_from_slice(text.as_bytes()),
-            None => {
-                let _ = std::fmt::Write::write_fmt(&mut Utf8(out), format_args!("{value}"));
+        if let Some(text) = value.to_borrowed_str() {
+            push_text_value(out, text);
+        } else if let Some(n) = value.to_u64() {
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        } else if let Some(n) = value.to_i64() {
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        } else if !value.to_f64().is_some_and(|x| push_thousandths(out, x)) {
+            let start = out.len();
+            let _ = std::fmt::Write::write_fmt(&mut Utf8(out), format_args!("{value}"));
+            if needs_quotes(&out[start..]) {
+                let text = String::from_utf8_lossy(&out[start..]).into_owned();
+                out.truncate(start);
+                let _ = write!(out, "{text:?}");
             }
-        }
-        let text = &out[start..];
-        if text.is_empty() || text.iter().any(|b| matches!(b, b' ' | b'"' | b'=')) {
-            let text = String::from_utf8_lossy(text).into_owned();
-            out.truncate(start);
-            let _ = write!(out, "{text:?}");
         }
         Ok(())
     }
+}
+
+fn needs_quotes(text: &[u8]) -> bool {
+    text.is_empty() || text.iter().any(|b| matches!(b, b' ' | b'"' | b'='))
+}
+
+fn push_text_value(out: &mut Vec<u8>, text: &str) {
+    if needs_quotes(text.as_bytes()) {
+        let _ = write!(out, "{text:?}");
+    } else {
+        out.extend_from_slice(text.as_bytes());
+    }
+}
+
+/// Appends `x` as its `Display` would, if it is a whole number of
+/// thousandths (such as `ms`); false, appending nothing, otherwise. Such a
+/// number's shortest round-trip form is its decimal with the trailing zeros
+/// dropped, as long as an ulp is far below a thousandth (below 2^40
+/// thousandths).
+fn push_thousandths(out: &mut Vec<u8>, x: f64) -> bool {
+    const LIMIT: f64 = (1u64 << 40) as f64 / 1000.0;
+    if !(0.0..LIMIT).contains(&x) || x.is_sign_negative() {
+        return false;
+    }
+    let thousandths = (x * 1000.0).round();
+    if thousandths / 1000.0 != x {
+        return false;
+    }
+    let thousandths = thousandths as u64;
+    let (whole, fraction) = (thousandths / 1000, thousandths % 1000);
+    out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
+    if fraction != 0 {
+        let digits = [fraction / 100, fraction / 10 % 10, fraction % 10].map(|d| b'0' + d as u8);
+        let len = if fraction % 100 == 0 {
+            1
+        } else if fraction % 10 == 0 {
+            2
+        } else {
+            3
+        };
+        out.push(b'.');
+        out.extend_from_slice(&digits[..len]);
+    }
+    true
 }
 
 struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
@@ -483,6 +530,86 @@ mod tests {
         assert_eq!(
             text,
             "[2026-11-25T00:00:00.000Z WARN  t] gave up after 3 tries empty=\"\" eq=\"a=b\" quote=\"say \\\"hi\\\"\\n\" plain=7"
+        );
+    }
+
+    #[test]
+    fn thousandths_are_written_as_display_writes_them() {
+        let mut out = Vec::new();
+        let mut check = |x: f64| {
+            out.clear();
+            if push_thousandths(&mut out, x) {
+                assert_eq!(std::str::from_utf8(&out).unwrap(), x.to_string(), "{x:?}");
+                true
+            } else {
+                assert!(out.is_empty());
+                false
+            }
+        };
+        // Every value of `ms` up to 20 minutes, as the server computes it.
+        for micros in 0..1_200_000_000u64 / 997 {
+            let micros = micros * 997;
+            assert!(check((micros as f64).round() / 1000.0));
+        }
+        for micros in [
+            0u64,
+            1,
+            9,
+            10,
+            99,
+            100,
+            999,
+            1000,
+            1001,
+            1010,
+            1100,
+            (1 << 40) - 1,
+        ] {
+            assert!(check(micros as f64 / 1000.0));
+        }
+        // Everything else is left to Display.
+        for x in [
+            0.0845,
+            1e-7,
+            -1.0,
+            -0.0,
+            f64::NAN,
+            f64::INFINITY,
+            1e12,
+            0.1 + 0.2,
+        ] {
+            assert!(!check(x), "{x:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_display_writes_them() {
+        let fields: &[(&str, Value<'_>)] = &[
+            ("u", Value::from(u64::MAX)),
+            ("i", Value::from(i64::MIN)),
+            ("s", Value::from(200u16)),
+            ("f", Value::from(2.5f64)),
+            ("g", Value::from(1e-7f64)),
+            ("b", Value::from(true)),
+        ];
+        let text = render(
+            LogFormat::Text,
+            "2026-11-25T00:00:00.000Z",
+            &log::Record::builder()
+                .level(log::Level::Info)
+                .target("t")
+                .args(format_args!("m"))
+                .key_values(&fields)
+                .build(),
+        );
+        assert_eq!(
+            text,
+            format!(
+                "[2026-11-25T00:00:00.000Z INFO  t] m u={} i={} s=200 f=2.5 g={} b=true",
+                u64::MAX,
+                i64::MIN,
+                1e-7f64
+            )
         );
     }
 

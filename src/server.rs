@@ -93,8 +93,12 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let imds = imds.clone();
-        let service = service_fn(move |request| handle(imds.clone(), caller, request));
+        let peer = Arc::new(Peer {
+            imds: imds.clone(),
+            ip: caller,
+            ip_text: caller.to_string().into(),
+        });
+        let service = service_fn(move |request| handle(peer.clone(), request));
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -168,22 +172,34 @@ impl Drop for IpSlot {
     }
 }
 
-async fn handle(
+/// One connection's caller; its address is formatted once, for every
+/// request line of the connection.
+struct Peer {
     imds: Arc<Imds>,
-    caller: IpAddr,
+    ip: IpAddr,
+    ip_text: Box<str>,
+}
+
+async fn handle(
+    peer: Arc<Peer>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
-    let id = uuid::Uuid::new_v4();
-    let (parts, _body) = request.into_parts();
-    log::info!(id:% = id, remote:% = caller, method:% = parts.method, path:% = parts.uri; "request");
-    let reply = imds.respond(caller, &parts, SystemTime::now()).await;
-    let mut response = reply.response;
     let mut id_text = uuid::Uuid::encode_buffer();
-    let id_text = id.hyphenated().encode_lower(&mut id_text);
+    let id = &*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id_text);
+    let (parts, _body) = request.into_parts();
+    // Fields as text already, so the log line is copied rather than formatted.
+    let method = parts.method.as_str();
+    let remote = &*peer.ip_text;
+    match origin_form(&parts.uri) {
+        Some(path) => log::info!(id, remote, method, path; "request"),
+        None => log::info!(id, remote, method, path:% = parts.uri; "request"),
+    }
+    let reply = peer.imds.respond(peer.ip, &parts, SystemTime::now()).await;
+    let mut response = reply.response;
     response.headers_mut().insert(
         REQUEST_ID_HEADER,
-        HeaderValue::from_str(id_text).expect("a UUID is a header value"),
+        HeaderValue::from_str(id).expect("a UUID is a header value"),
     );
     let elapsed = started.elapsed();
     let container = reply.container.as_ref().map_or("-", |c| c.name.as_str());
@@ -191,14 +207,23 @@ async fn handle(
     let status = response.status();
     // Milliseconds to the microsecond: enough to read, short to write.
     let ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-    match &reply.reason {
+    match reply.reason.as_deref() {
         None => log::info!(
-            id:% = id, status = status.as_u16(), container, alias, ms; "response"
+            id, status = status.as_u16(), container, alias, ms; "response"
         ),
         Some(reason) => log::info!(
-            id:% = id, status = status.as_u16(), container, alias, ms, reason:% = reason; "response"
+            id, status = status.as_u16(), container, alias, ms, reason; "response"
         ),
     }
     metrics().count_request(reply.route, status.as_u16(), alias, elapsed.as_secs_f64());
     Ok(response)
+}
+
+/// The request target as sent, when it is a path (and query): what `Uri`'s
+/// `Display` writes for it, without formatting.
+fn origin_form(uri: &http::Uri) -> Option<&str> {
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return None;
+    }
+    uri.path_and_query().map(|p| p.as_str())
 }
