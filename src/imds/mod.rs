@@ -147,7 +147,7 @@ impl Imds {
         &self,
         caller: IpAddr,
         request: &http::request::Parts,
-        route: Route,
+        route: Route<'_>,
         config: &Config,
         now: SystemTime,
     ) -> Reply {

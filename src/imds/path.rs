@@ -77,21 +77,23 @@ impl Version {
     }
 }
 
-/// A decoded, normalised path: API version, segments, and whether it ended in `/`.
+/// A decoded, normalised path: API version, segments, and whether it ended
+/// in `/`. Segments borrow from the request where nothing was decoded, as in
+/// every SDK's spelling: the hot path allocates only the list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CanonicalPath {
-    pub segments: Vec<String>,
+pub struct CanonicalPath<'a> {
+    pub segments: Vec<Cow<'a, str>>,
     pub trailing_slash: bool,
 }
 
-impl CanonicalPath {
+impl CanonicalPath<'_> {
     /// The form sent upstream: each segment re-encoded, `;` parameters and
     /// the query dropped.
     pub fn to_uri_path(&self) -> String {
         let mut out = String::with_capacity(64);
         for segment in &self.segments {
             out.push('/');
-            out.extend(utf8_percent_encode(segment, SEGMENT));
+            out.extend(utf8_percent_encode(segment.as_ref(), SEGMENT));
         }
         if self.trailing_slash || self.segments.is_empty() {
             out.push('/');
@@ -117,7 +119,7 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'}');
 
 /// Decodes and normalises `raw` (the path of the request target, without query).
-pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathError> {
+pub fn canonicalize(raw: &str) -> Result<CanonicalPath<'_>, PathError> {
     canonical_as_is(raw).map_or_else(|| canonicalize_slowly(raw), Ok)
 }
 
@@ -126,20 +128,21 @@ pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathError> {
 /// characters between the slashes). `None` for anything else, which
 /// [`canonicalize_slowly`] handles; both give the same result
 /// (`fast_path_agrees_with_the_slow_path` below).
-fn canonical_as_is(raw: &str) -> Option<CanonicalPath> {
+fn canonical_as_is(raw: &str) -> Option<CanonicalPath<'_>> {
     let rest = raw.strip_prefix('/')?;
-    if raw.len() > MAX_PATH_LEN || !rest.bytes().all(|b| b == b'/' || is_segment_byte(b)) {
+    if raw.len() > MAX_PATH_LEN {
         return None;
     }
-    let mut segments = Vec::with_capacity(rest.bytes().filter(|&b| b == b'/').count() + 1);
+    // Room for the credential routes' five segments and a few more.
+    let mut segments = Vec::with_capacity(8);
     let mut trailing_slash = false;
     for segment in rest.split('/') {
         if segment.is_empty() {
             trailing_slash = true;
-        } else if segment.bytes().all(|b| b == b'.') {
+        } else if !segment.bytes().all(is_segment_byte) || segment.bytes().all(|b| b == b'.') {
             return None;
         } else {
-            segments.push(segment.to_string());
+            segments.push(Cow::Borrowed(segment));
             trailing_slash = false;
         }
     }
@@ -150,14 +153,14 @@ fn canonical_as_is(raw: &str) -> Option<CanonicalPath> {
 }
 
 /// [`canonicalize`] for any spelling.
-fn canonicalize_slowly(raw: &str) -> Result<CanonicalPath, PathError> {
+fn canonicalize_slowly(raw: &str) -> Result<CanonicalPath<'_>, PathError> {
     if raw.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
     }
     let Some(rest) = raw.strip_prefix('/') else {
         return Err(PathError::NotAbsolute);
     };
-    let mut segments: Vec<String> = Vec::new();
+    let mut segments: Vec<Cow<'_, str>> = Vec::new();
     let mut trailing_slash = false;
     for raw_segment in rest.split('/') {
         // Matrix parameters (`name;x=y`) are dropped, as servers that honour them do.
@@ -171,7 +174,7 @@ fn canonicalize_slowly(raw: &str) -> Result<CanonicalPath, PathError> {
                 trailing_slash = true;
             }
             _ => {
-                segments.push(decoded.into_owned());
+                segments.push(decoded);
                 trailing_slash = false;
             }
         }
@@ -253,7 +256,7 @@ pub enum Flavor {
 
 /// What a canonical path asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub enum Route<'a> {
     /// `api/token`
     Token { version: Version },
     /// `meta-data/iam/`
@@ -263,7 +266,7 @@ pub enum Route {
     /// `meta-data/iam/security-credentials[-extended]/`
     RoleListing(Flavor),
     /// `meta-data/iam/security-credentials[-extended]/NAME`
-    RoleCredentials(Flavor, String),
+    RoleCredentials(Flavor, &'a str),
     /// Allowed by the passthrough list: forward this path upstream.
     Passthrough(String),
     /// Host identity, or not on the passthrough list: 404.
@@ -300,7 +303,7 @@ pub fn names_identity(prefix: &str) -> bool {
     })
 }
 
-fn starts_with_lower(segments: &[String], prefix: &[&str]) -> bool {
+fn starts_with_lower(segments: &[Cow<'_, str>], prefix: &[&str]) -> bool {
     segments.len() >= prefix.len()
         && segments
             .iter()
@@ -308,33 +311,49 @@ fn starts_with_lower(segments: &[String], prefix: &[&str]) -> bool {
             .all(|(s, p)| s.eq_ignore_ascii_case(p))
 }
 
+/// `segments` are `prefix`'s `/`-separated segments and maybe more, exactly.
+fn starts_with_exactly(segments: &[Cow<'_, str>], prefix: &str) -> bool {
+    let mut segments = segments.iter();
+    prefix
+        .split('/')
+        .all(|p| segments.next().is_some_and(|s| s == p))
+}
+
 /// Classifies a canonical path. `passthrough` holds allowed prefixes such as
 /// `meta-data/instance-id`, matched segment by segment and case-sensitively.
-pub fn classify(path: &CanonicalPath, passthrough: &[String]) -> Route {
+pub fn classify<'a>(path: &'a CanonicalPath<'_>, passthrough: &[String]) -> Route<'a> {
     let Some((first, rest)) = path.segments.split_first() else {
         return Route::NotFound;
     };
     let Some(version) = Version::parse(first) else {
         return Route::NotFound;
     };
-    let lower: Vec<String> = rest.iter().map(|s| s.to_ascii_lowercase()).collect();
-    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
-    match lower.as_slice() {
-        ["api", "token"] => return Route::Token { version },
-        ["meta-data", "iam"] => return Route::IamIndex,
-        ["meta-data", "iam", "info"] => return Route::IamInfo,
-        ["meta-data", "iam", "security-credentials"] => return Route::RoleListing(Flavor::Legacy),
-        ["meta-data", "iam", "security-credentials-extended"] => {
-            return Route::RoleListing(Flavor::Extended)
+    let is = |route: &[&str]| rest.len() == route.len() && starts_with_lower(rest, route);
+    const CREDENTIALS: [&str; 3] = ["meta-data", "iam", "security-credentials"];
+    const EXTENDED: [&str; 3] = ["meta-data", "iam", "security-credentials-extended"];
+    if is(&["api", "token"]) {
+        return Route::Token { version };
+    }
+    if is(&["meta-data", "iam"]) {
+        return Route::IamIndex;
+    }
+    if is(&["meta-data", "iam", "info"]) {
+        return Route::IamInfo;
+    }
+    if is(&CREDENTIALS) {
+        return Route::RoleListing(Flavor::Legacy);
+    }
+    if is(&EXTENDED) {
+        return Route::RoleListing(Flavor::Extended);
+    }
+    // The role name keeps its case: it must match the role exactly.
+    if let [_, _, _, name] = rest {
+        if starts_with_lower(rest, &CREDENTIALS) {
+            return Route::RoleCredentials(Flavor::Legacy, name);
         }
-        // The role name keeps its case: it must match the role exactly.
-        ["meta-data", "iam", "security-credentials", _] => {
-            return Route::RoleCredentials(Flavor::Legacy, rest[3].clone())
+        if starts_with_lower(rest, &EXTENDED) {
+            return Route::RoleCredentials(Flavor::Extended, name);
         }
-        ["meta-data", "iam", "security-credentials-extended", _] => {
-            return Route::RoleCredentials(Flavor::Extended, rest[3].clone())
-        }
-        _ => {}
     }
     if IDENTITY
         .iter()
@@ -349,10 +368,9 @@ pub fn classify(path: &CanonicalPath, passthrough: &[String]) -> Route {
         _ => false,
     };
     let allowed = directory_index
-        || passthrough.iter().any(|prefix| {
-            let prefix: Vec<&str> = prefix.split('/').collect();
-            rest.len() >= prefix.len() && rest.iter().zip(&prefix).all(|(s, p)| s == p)
-        });
+        || passthrough
+            .iter()
+            .any(|prefix| starts_with_exactly(rest, prefix));
     if allowed {
         Route::Passthrough(path.to_uri_path())
     } else {
@@ -365,9 +383,10 @@ mod tests {
     use super::*;
     use crate::config::DEFAULT_PASSTHROUGH;
 
-    fn route(raw: &str) -> Route {
+    fn route(raw: &'static str) -> Route<'static> {
         let allowed: Vec<String> = DEFAULT_PASSTHROUGH.iter().map(|s| s.to_string()).collect();
-        classify(&canonicalize(raw).unwrap(), &allowed)
+        // A route borrows its path; a test's few paths can live forever.
+        classify(Box::leak(Box::new(canonicalize(raw).unwrap())), &allowed)
     }
 
     #[test]
@@ -387,11 +406,11 @@ mod tests {
         }
         assert_eq!(
             route("/latest/meta-data/iam/security-credentials/Web/"),
-            Route::RoleCredentials(Legacy, "Web".into())
+            Route::RoleCredentials(Legacy, "Web")
         );
         assert_eq!(
             route("/latest/meta-data/iam/security-credentials-extended/Web"),
-            Route::RoleCredentials(Extended, "Web".into())
+            Route::RoleCredentials(Extended, "Web")
         );
     }
 
