@@ -103,6 +103,8 @@ fn render_credentials(credentials: &Credentials, account: Option<&str>) -> Bytes
         body.push_str(&json_string(account));
     }
     body.push_str("\n}");
+    // Kept for the credentials' lifetime, one per container session.
+    body.shrink_to_fit();
     Bytes::from(body)
 }
 
