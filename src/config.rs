@@ -166,7 +166,7 @@ impl Config {
 /// The alias map with its default and the default session policy.
 #[derive(Debug, Clone)]
 pub struct RoleMap {
-    pub aliases: HashMap<String, Arc<Role>>,
+    pub aliases: crate::FastHashMap<String, Arc<Role>>,
     pub default_alias: String,
     pub default_policy: Option<Arc<str>>,
     /// Container environment variable that names an alias (or role) when no
@@ -537,7 +537,7 @@ impl Validator<'_> {
         })
     }
 
-    fn alias_map(&self) -> Result<HashMap<String, Arc<Role>>, ConfigError> {
+    fn alias_map(&self) -> Result<crate::FastHashMap<String, Arc<Role>>, ConfigError> {
         let key = "aliasToARN";
         let entries = match self.map.get(key) {
             None => return Err(self.invalid(key, "is required: a map of alias to role ARN")),
@@ -554,7 +554,8 @@ impl Validator<'_> {
         }
         // BTreeMap so that the first bad entry named is the same on every run.
         let sorted: BTreeMap<&String, &Value> = entries.iter().collect();
-        let mut aliases = HashMap::with_capacity(sorted.len());
+        let mut aliases =
+            crate::FastHashMap::with_capacity_and_hasher(sorted.len(), Default::default());
         for (alias, value) in sorted {
             let entry_key = format!("{key}.{alias}");
             if alias.is_empty() {

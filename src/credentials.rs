@@ -152,7 +152,7 @@ struct Slot {
 pub struct CredentialCache {
     sts: Arc<dyn AssumeRole>,
     timing: Timing,
-    slots: RwLock<HashMap<RoleRequest, Arc<Slot>>>,
+    slots: RwLock<crate::FastHashMap<RoleRequest, Arc<Slot>>>,
     /// The last AssumeRole got no answer at all (network, DNS, timeout).
     sts_unreachable: AtomicBool,
 }
@@ -171,7 +171,7 @@ impl CredentialCache {
         CredentialCache {
             sts,
             timing,
-            slots: RwLock::new(HashMap::new()),
+            slots: RwLock::new(Default::default()),
             sts_unreachable: AtomicBool::new(false),
         }
     }

@@ -162,7 +162,7 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
-type IpMap = HashMap<IpAddr, Arc<Container>>;
+type IpMap = crate::FastHashMap<IpAddr, Arc<Container>>;
 
 struct RefreshRequest {
     asked_at: Instant,
@@ -197,7 +197,7 @@ impl ContainerIndex {
     /// An index that never changes: for tests and for callers without a platform.
     pub fn fixed(containers: Vec<Container>) -> Arc<ContainerIndex> {
         let index = ContainerIndex {
-            by_ip: ArcSwap::from_pointee(IpMap::new()),
+            by_ip: ArcSwap::from_pointee(IpMap::default()),
             refresh: None,
             unknown: Mutex::new(HashMap::new()),
             synced: AtomicBool::new(true),
@@ -217,7 +217,7 @@ impl ContainerIndex {
     pub fn watch(source: Arc<dyn ContainerSource>) -> Arc<ContainerIndex> {
         let (tx, rx) = mpsc::channel(256);
         let index = Arc::new(ContainerIndex {
-            by_ip: ArcSwap::from_pointee(IpMap::new()),
+            by_ip: ArcSwap::from_pointee(IpMap::default()),
             refresh: Some(tx),
             unknown: Mutex::new(HashMap::new()),
             synced: AtomicBool::new(false),
@@ -352,7 +352,7 @@ impl ContainerIndex {
     }
 
     fn publish(&self, by_id: &HashMap<String, Arc<Container>>) {
-        let mut by_ip = IpMap::with_capacity(by_id.len());
+        let mut by_ip = IpMap::with_capacity_and_hasher(by_id.len(), Default::default());
         let mut contested = Vec::new();
         for container in by_id.values() {
             for ip in &container.ips {

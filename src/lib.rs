@@ -15,3 +15,10 @@ pub mod process;
 pub mod reload;
 pub mod roles;
 pub mod server;
+
+/// A hash map for the maps read on every request (containers by address,
+/// credentials by role request, roles by alias). foldhash (hashbrown's
+/// default) costs a fraction of std's SipHash there and keeps a random
+/// per-process seed; the keys come from Docker and the config, not from
+/// callers.
+pub type FastHashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

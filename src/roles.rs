@@ -20,11 +20,19 @@ const SESSION_NAME_MAX: usize = 64;
 const SHORT_ID_LEN: usize = 12;
 
 /// A parsed IAM role ARN: `arn:PARTITION:iam::ACCOUNT:role/PATH/NAME`.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RoleArn {
     arn: Arc<str>,
     account: Arc<str>,
     name: Arc<str>,
+}
+
+/// The account and name are parts of the ARN: hashing it alone is enough
+/// (and it is hashed on every request, in the credential cache's key).
+impl std::hash::Hash for RoleArn {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.arn.hash(state);
+    }
 }
 
 impl RoleArn {
