@@ -147,6 +147,13 @@ pub enum PlatformError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// A call made without bollard (see `docker_list`).
+    #[error("Docker at {host}: {operation} failed: {message}")]
+    Http {
+        host: String,
+        operation: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -160,6 +167,8 @@ const MISS_WAIT: Duration = Duration::from_millis(600);
 /// this long, so a non-container caller cannot make the proxy list Docker in a loop.
 const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
+/// For each call to the engine.
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 type IpMap = crate::FastHashMap<IpAddr, Arc<Container>>;
@@ -702,7 +711,7 @@ impl DockerSource {
                 host: host.to_string(),
                 source,
             })?
-            .with_timeout(Duration::from_secs(10));
+            .with_timeout(DOCKER_TIMEOUT);
         Ok(DockerSource {
             docker: Mutex::new(docker),
             host: host.to_string(),
@@ -733,9 +742,20 @@ impl DockerSource {
 fn addresses<'a>(
     networks: impl IntoIterator<Item = &'a bollard::models::EndpointSettings>,
 ) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = networks
+    sorted_addresses(
+        networks
+            .into_iter()
+            .flat_map(|n| [n.ip_address.as_deref(), n.global_ipv6_address.as_deref()]),
+    )
+}
+
+/// The addresses among an endpoint's texts, sorted and without duplicates;
+/// absent, empty (no address yet) and unparsable ones left out.
+pub(crate) fn sorted_addresses<'a>(
+    texts: impl IntoIterator<Item = Option<&'a str>>,
+) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = texts
         .into_iter()
-        .flat_map(|n| [n.ip_address.as_deref(), n.global_ipv6_address.as_deref()])
         .flatten()
         .filter_map(|ip| ip.parse().ok())
         .collect();
@@ -761,15 +781,17 @@ impl ContainerSource for DockerSource {
     }
 
     async fn list(&self) -> Result<Vec<Container>, PlatformError> {
-        let options = bollard::query_parameters::ListContainersOptionsBuilder::new().build();
-        let summaries = self
-            .client()
-            .list_containers(Some(options))
+        let version = self.client().client_version().to_string();
+        let listed = crate::docker_list::list(&self.host, &version, DOCKER_TIMEOUT)
             .await
-            .map_err(|e| self.api_error("listing containers", e))?;
+            .map_err(|message| PlatformError::Http {
+                host: self.host.clone(),
+                operation: "listing containers",
+                message,
+            })?;
         if !self.env_keys.is_empty() {
             // Environments come only from inspect: at most 16 at a time.
-            let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
+            let ids: Vec<String> = listed.into_iter().map(|l| l.id).collect();
             let inspected: Vec<_> = futures_util::stream::iter(ids)
                 .map(|id| async move { self.inspect(&id).await })
                 .buffer_unordered(16)
@@ -781,20 +803,12 @@ impl ContainerSource for DockerSource {
             }
             return Ok(containers);
         }
-        Ok(summaries
+        Ok(listed
             .into_iter()
-            .filter_map(|s| {
-                let id = s.id?;
-                let name = s
-                    .names
-                    .and_then(|n| n.into_iter().next())
-                    .unwrap_or_default();
-                let ips = s
-                    .network_settings
-                    .and_then(|n| n.networks)
-                    .map(|n| addresses(n.values()))
-                    .unwrap_or_default();
-                Some(Container::new(id, &name, s.labels.unwrap_or_default(), ips))
+            .map(|mut listed| {
+                let labels = listed.take_labels();
+                let (name, ips) = (listed.name().to_string(), listed.ips());
+                Container::new(listed.id, &name, labels, ips)
             })
             .collect())
     }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod credentials;
 pub mod docker;
+mod docker_list;
 pub mod imds;
 pub mod logging;
 pub mod mapping;
