@@ -187,6 +187,12 @@ impl Clock {
 const PENDING_BYTES: usize = 1024 * 1024;
 /// How long the writer lets lines gather before it takes them.
 const GATHER: Duration = Duration::from_millis(2);
+/// What a buffer starts with: a batch at 80,000 requests/s is about 60 KB.
+const BATCH_CAPACITY: usize = 64 * 1024;
+/// A buffer grown past this by a burst (a slow disk, a stalled reader) is
+/// replaced once batches are small again, so the bound's megabyte is not
+/// kept resident for good.
+const KEPT_BATCH_CAPACITY: usize = 256 * 1024;
 
 /// Lines on their way to the output, and the writer thread that takes them.
 struct Queue {
@@ -213,7 +219,7 @@ impl Queue {
     fn spawn(mut out: Box<dyn Write + Send>) -> &'static Queue {
         let queue: &'static Queue = Box::leak(Box::new(Queue {
             state: Mutex::new(QueueState {
-                pending: Vec::with_capacity(64 * 1024),
+                pending: Vec::with_capacity(BATCH_CAPACITY),
                 queued: 0,
                 written: 0,
                 idle: false,
@@ -282,7 +288,7 @@ impl Queue {
     }
 
     fn write_forever(&self, out: &mut dyn Write) {
-        let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut batch: Vec<u8> = Vec::with_capacity(BATCH_CAPACITY);
         loop {
             let mut state = self.lock();
             while state.pending.is_empty() {
@@ -303,10 +309,11 @@ impl Queue {
             // A failed write (stderr closed) is not retried: it would only
             // fail again, and loggers must not wait for it.
             let _ = out.write_all(&batch).and_then(|()| out.flush());
-            batch.clear();
-            if batch.capacity() > 2 * PENDING_BYTES {
-                batch = Vec::with_capacity(64 * 1024);
+            // The two buffers take turns, so both shrink after a burst.
+            if batch.capacity() > KEPT_BATCH_CAPACITY && batch.len() < KEPT_BATCH_CAPACITY / 2 {
+                batch = Vec::with_capacity(BATCH_CAPACITY);
             }
+            batch.clear();
             let mut state = self.lock();
             state.written = upto;
             if state.waiting > 0 {
@@ -724,5 +731,11 @@ mod tests {
         logger.join().unwrap();
         queue.flush(Duration::from_secs(10));
         assert_eq!(sink.0.lock().unwrap().len(), lines * 1000);
+        // The burst grew both buffers to the bound; small batches give it back.
+        for _ in 0..4 {
+            queue.push(b"small\n");
+            queue.flush(Duration::from_secs(10));
+        }
+        assert!(queue.lock().pending.capacity() <= KEPT_BATCH_CAPACITY);
     }
 }
