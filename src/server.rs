@@ -23,6 +23,8 @@ use crate::imds::Imds;
 use crate::metrics::metrics;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Parsed once rather than on every response.
+const REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// The server's own limits; hyper's defaults are far too generous for a
 /// service every container on the host can reach.
@@ -198,7 +200,7 @@ async fn handle(
     let reply = peer.imds.respond(peer.ip, &parts, SystemTime::now()).await;
     let mut response = reply.response;
     response.headers_mut().insert(
-        REQUEST_ID_HEADER,
+        REQUEST_ID_NAME,
         HeaderValue::from_str(id).expect("a UUID is a header value"),
     );
     let elapsed = started.elapsed();

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::config::Config;
@@ -36,6 +36,10 @@ use upstream::Upstream;
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const FORWARDED_FOR: &str = "x-forwarded-for";
+// Parsed once: a lookup by `&str` parses and hashes the name every time.
+const TOKEN_NAME: HeaderName = HeaderName::from_static(TOKEN_HEADER);
+const TTL_NAME: HeaderName = HeaderName::from_static(TTL_HEADER);
+const FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(FORWARDED_FOR);
 
 /// A response and what the response log line says about it.
 pub struct Reply {
@@ -171,11 +175,11 @@ impl Imds {
         }
         let container = self.holder_of(caller).await;
         let holder = Holder::new(caller, container.as_deref().map(|c| c.id.as_str()));
-        match headers.get(TOKEN_HEADER) {
+        match headers.get(&TOKEN_NAME) {
             Some(token) => {
                 // A 401 here would send Go and JS clients to fetch a new token,
                 // which is refused too: a loop. 403 ends it.
-                if headers.contains_key(FORWARDED_FOR) {
+                if headers.contains_key(&FORWARDED_FOR_NAME) {
                     return Reply::status(
                         StatusCode::FORBIDDEN,
                         "token request carries X-Forwarded-For",
@@ -286,10 +290,10 @@ impl Imds {
         if *version != Version::Latest {
             return Reply::status(StatusCode::FORBIDDEN, "token PUT on a dated API version");
         }
-        if headers.contains_key(FORWARDED_FOR) {
+        if headers.contains_key(&FORWARDED_FOR_NAME) {
             return Reply::status(StatusCode::FORBIDDEN, "token PUT carries X-Forwarded-For");
         }
-        let Some(ttl) = token::parse_ttl(headers.get(TTL_HEADER)) else {
+        let Some(ttl) = token::parse_ttl(headers.get(&TTL_NAME)) else {
             return Reply::status(
                 StatusCode::BAD_REQUEST,
                 "token PUT without a TTL of 1..=21600 seconds",
@@ -302,7 +306,7 @@ impl Imds {
         // aws-config fails without this echo; old Go and Ruby fall back to IMDSv1.
         response
             .headers_mut()
-            .insert(TTL_HEADER, HeaderValue::from(ttl));
+            .insert(TTL_NAME, HeaderValue::from(ttl));
         let reply = Reply::new(response);
         match &container {
             Some(container) => reply.with(container, None),
