@@ -229,3 +229,24 @@ fn origin_form(uri: &http::Uri) -> Option<&str> {
     }
     uri.path_and_query().map(|p| p.as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_form_is_what_the_uri_displays() {
+        for target in ["/latest/meta-data/", "/a/b?c=d&e", "/", "*"] {
+            let uri: http::Uri = target.parse().unwrap();
+            assert_eq!(
+                origin_form(&uri),
+                Some(uri.to_string().as_str()),
+                "{target}"
+            );
+        }
+        for target in ["http://169.254.169.254/latest/", "169.254.169.254:80"] {
+            let uri: http::Uri = target.parse().unwrap();
+            assert_eq!(origin_form(&uri), None, "{target}");
+        }
+    }
+}
