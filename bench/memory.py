@@ -68,19 +68,9 @@ def main():
     args.threads = 2
     tmp = tempfile.mkdtemp(prefix="ec2mp-memory-")
     try:
-        moto_port, counter_port = run.free_port(), run.free_port()
-        run.start("moto", [os.path.join(args.moto_venv, "bin", "moto_server"), "-H", "127.0.0.1",
-                           "-p", str(moto_port)])
-        run.start("sts_counter", [sys.executable, os.path.join(run.HERE, "sts_counter.py"),
-                                  "--listen-port", str(counter_port), "--upstream-port", str(moto_port)])
-        run.wait_until("moto", lambda: run.get(moto_port, "/moto-api/")[0] < 500, 60)
-        run.wait_until("sts counter", lambda: run.get(counter_port, "/__bench/counts")[0] == 200, 10)
-        run.warm_moto(moto_port)
+        _, counter_port = run.start_sts(args.moto_venv)
         sock = os.path.join(tmp, "docker.sock")
-        run.start("fake_docker", [sys.executable, os.path.join(run.HERE, "fake_docker.py"), "--socket", sock,
-                                  "--count", str(args.n), "--aliases",
-                                  ",".join("%s=%s@%s" % (a, run.ROLE, acct) for a, acct in run.ALIASES)])
-        run.wait_until("fake docker", lambda: run.unix_get(sock, "/_ping")[0] == 200, 10)
+        run.start_fake_docker(sock, args.n)
         port = run.free_port()
         config = run.write_proxy_config(tmp, port, sock)
         log_file = open(os.path.join(tmp, "proxy.log"), "wb")

@@ -340,6 +340,28 @@ def warm_moto(port):
         conn.close()
 
 
+def start_sts(moto_venv):
+    """moto behind bench/sts_counter.py, warmed; returns (moto port, counter port)."""
+    moto_port, counter_port = free_port(), free_port()
+    start("moto", [os.path.join(moto_venv, "bin", "moto_server"), "-H", "127.0.0.1",
+                   "-p", str(moto_port)])
+    start("sts_counter", [sys.executable, os.path.join(HERE, "sts_counter.py"),
+                          "--listen-port", str(counter_port), "--upstream-port", str(moto_port)])
+    wait_until("moto", lambda: get(moto_port, "/moto-api/")[0] < 500, 60)
+    wait_until("sts counter", lambda: get(counter_port, "/__bench/counts")[0] == 200, 10)
+    warm_moto(moto_port)
+    return moto_port, counter_port
+
+
+def start_fake_docker(sock, n):
+    """The fake Docker Engine on unix socket `sock`, holding n containers."""
+    proc = start("fake_docker", [sys.executable, os.path.join(HERE, "fake_docker.py"), "--socket", sock,
+                                 "--count", str(n), "--aliases",
+                                 ",".join("%s=%s@%s" % (a, ROLE, acct) for a, acct in ALIASES)])
+    wait_until("fake docker", lambda: unix_get(sock, "/_ping")[0] == 200, 10)
+    return proc
+
+
 def write_proxy_config(tmp, port, docker_sock):
     config = {
         "aliasToARN": {a: "arn:aws:iam::%s:role/%s" % (acct, ROLE) for a, acct in ALIASES},
@@ -958,22 +980,12 @@ def main():
     tmp = tempfile.mkdtemp(prefix="ec2mp-bench-")
     results = {}
     try:
-        moto_port, counter_port = free_port(), free_port()
-        start("moto", [os.path.join(args.moto_venv, "bin", "moto_server"), "-H", "127.0.0.1",
-                       "-p", str(moto_port)])
-        start("sts_counter", [sys.executable, os.path.join(HERE, "sts_counter.py"),
-                              "--listen-port", str(counter_port), "--upstream-port", str(moto_port)])
-        wait_until("moto", lambda: get(moto_port, "/moto-api/")[0] < 500, 60)
-        wait_until("sts counter", lambda: get(counter_port, "/__bench/counts")[0] == 200, 10)
-        warm_moto(moto_port)
+        moto_port, counter_port = start_sts(args.moto_venv)
         log("moto on 127.0.0.1:%d behind the AssumeRole counter on :%d" % (moto_port, counter_port))
         for n in args.ns:
             r = results[n] = {}
             sock = os.path.join(tmp, "docker-%d.sock" % n)
-            start("fake_docker", [sys.executable, os.path.join(HERE, "fake_docker.py"), "--socket", sock,
-                                  "--count", str(n), "--aliases",
-                                  ",".join("%s=%s@%s" % (a, ROLE, acct) for a, acct in ALIASES)])
-            wait_until("fake docker", lambda: unix_get(sock, "/_ping")[0] == 200, 10)
+            start_fake_docker(sock, n)
             load_ips = [container_ip(i) for i in range(min(n, args.addresses))]
             r["load_ips"] = load_ips
             log("N=%d: fake Docker up with %d containers; load from %d addresses" % (n, n, len(load_ips)))
