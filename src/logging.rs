@@ -515,6 +515,24 @@ mod tests {
             })
         );
     }
+    /// A text line of target `t` at a fixed time.
+    fn text_line(
+        level: log::Level,
+        args: std::fmt::Arguments<'_>,
+        fields: &[(&str, Value<'_>)],
+    ) -> String {
+        render(
+            LogFormat::Text,
+            "2026-11-25T00:00:00.000Z",
+            &log::Record::builder()
+                .level(level)
+                .target("t")
+                .args(args)
+                .key_values(&fields)
+                .build(),
+        )
+    }
+
     #[test]
     fn text_lines_format_arguments_and_quote_what_needs_it() {
         let fields: &[(&str, Value<'_>)] = &[
@@ -524,15 +542,10 @@ mod tests {
             ("plain", Value::from(7i64)),
         ];
         let n = 3;
-        let text = render(
-            LogFormat::Text,
-            "2026-11-25T00:00:00.000Z",
-            &log::Record::builder()
-                .level(log::Level::Warn)
-                .target("t")
-                .args(format_args!("gave up after {n} tries"))
-                .key_values(&fields)
-                .build(),
+        let text = text_line(
+            log::Level::Warn,
+            format_args!("gave up after {n} tries"),
+            fields,
         );
         assert_eq!(
             text,
@@ -599,16 +612,7 @@ mod tests {
             ("g", Value::from(1e-7f64)),
             ("b", Value::from(true)),
         ];
-        let text = render(
-            LogFormat::Text,
-            "2026-11-25T00:00:00.000Z",
-            &log::Record::builder()
-                .level(log::Level::Info)
-                .target("t")
-                .args(format_args!("m"))
-                .key_values(&fields)
-                .build(),
-        );
+        let text = text_line(log::Level::Info, format_args!("m"), fields);
         assert_eq!(
             text,
             format!(
