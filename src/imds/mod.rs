@@ -35,11 +35,10 @@ use upstream::Upstream;
 
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
-const FORWARDED_FOR: &str = "x-forwarded-for";
 // Parsed once: a lookup by `&str` parses and hashes the name every time.
 const TOKEN_NAME: HeaderName = HeaderName::from_static(TOKEN_HEADER);
 const TTL_NAME: HeaderName = HeaderName::from_static(TTL_HEADER);
-const FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(FORWARDED_FOR);
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// A response and what the response log line says about it.
 pub struct Reply {
@@ -179,7 +178,7 @@ impl Imds {
             Some(token) => {
                 // A 401 here would send Go and JS clients to fetch a new token,
                 // which is refused too: a loop. 403 ends it.
-                if headers.contains_key(&FORWARDED_FOR_NAME) {
+                if headers.contains_key(&FORWARDED_FOR) {
                     return Reply::status(
                         StatusCode::FORBIDDEN,
                         "token request carries X-Forwarded-For",
@@ -290,7 +289,7 @@ impl Imds {
         if *version != Version::Latest {
             return Reply::status(StatusCode::FORBIDDEN, "token PUT on a dated API version");
         }
-        if headers.contains_key(&FORWARDED_FOR_NAME) {
+        if headers.contains_key(&FORWARDED_FOR) {
             return Reply::status(StatusCode::FORBIDDEN, "token PUT carries X-Forwarded-For");
         }
         let Some(ttl) = token::parse_ttl(headers.get(&TTL_NAME)) else {

@@ -11,6 +11,8 @@ use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
+use super::{TOKEN_HEADER, TTL_HEADER};
+
 /// IMDS answers in milliseconds; an SDK gives the whole request about a second.
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest upstream body relayed (user-data is at most 16 KiB).
@@ -20,8 +22,6 @@ const TOKEN_TTL: Duration = Duration::from_secs(21_600);
 const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 /// After the upstream refused tokens (an IMDSv1-only service), ask again after this.
 const TOKEN_RETRY: Duration = Duration::from_secs(60);
-const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
-const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
