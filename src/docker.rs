@@ -167,9 +167,9 @@ const MISS_WAIT: Duration = Duration::from_millis(600);
 /// this long, so a non-container caller cannot make the proxy list Docker in a loop.
 const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// For each call to the engine.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
-const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 type IpMap = crate::FastHashMap<IpAddr, Arc<Container>>;
 
@@ -805,11 +805,7 @@ impl ContainerSource for DockerSource {
         }
         Ok(listed
             .into_iter()
-            .map(|mut listed| {
-                let labels = listed.take_labels();
-                let (name, ips) = (listed.name().to_string(), listed.ips());
-                Container::new(listed.id, &name, labels, ips)
-            })
+            .map(crate::docker_list::Listed::into_container)
             .collect())
     }
 

@@ -9,13 +9,14 @@
 //! and API version bollard agreed with the engine.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+
+use crate::docker::{sorted_addresses, Container};
 
 /// A list of 1000 containers is under a megabyte; this only stops a broken
 /// engine from filling memory.
@@ -49,33 +50,31 @@ struct Endpoint {
 }
 
 impl Listed {
-    /// The first name as Docker lists it (`/name`).
-    pub fn name(&self) -> &str {
-        self.names
-            .as_ref()
-            .and_then(|names| names.first())
-            .map_or("", String::as_str)
-    }
-
-    pub fn take_labels(&mut self) -> HashMap<String, String> {
-        self.labels.take().unwrap_or_default()
-    }
-
-    /// The container's addresses on all its networks, sorted, without
-    /// duplicates; unparsable or empty ones (no address yet) left out.
-    pub fn ips(&self) -> Vec<IpAddr> {
-        let endpoints = self
-            .network_settings
+    /// The index's view: the first name, the labels, and the addresses on
+    /// all networks (empty ones, of endpoints still starting, left out).
+    pub fn into_container(self) -> Container {
+        let Listed {
+            id,
+            names,
+            labels,
+            network_settings,
+        } = self;
+        let endpoints = network_settings
             .as_ref()
             .and_then(|settings| settings.networks.as_ref());
-        crate::docker::sorted_addresses(endpoints.into_iter().flat_map(|networks| {
+        let ips = sorted_addresses(endpoints.into_iter().flat_map(|networks| {
             networks.values().flat_map(|endpoint| {
                 [
                     endpoint.ip_address.as_deref(),
                     endpoint.global_ipv6_address.as_deref(),
                 ]
             })
-        }))
+        }));
+        let name = names
+            .as_ref()
+            .and_then(|names| names.first())
+            .map_or("", String::as_str);
+        Container::new(id, name, labels.unwrap_or_default(), ips)
     }
 }
 
@@ -186,23 +185,27 @@ mod tests {
 
     #[test]
     fn reads_what_the_index_needs_from_a_real_list() {
-        let mut listed = parse(ENGINE_28.as_bytes()).unwrap();
+        let listed: Vec<Container> = parse(ENGINE_28.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(Listed::into_container)
+            .collect();
         assert_eq!(listed.len(), 2);
-        let web = &mut listed[0];
+        let web = &listed[0];
         assert_eq!(web.id.len(), 64);
-        assert_eq!(web.name(), "/web-1");
+        assert_eq!(web.name, "web-1");
         assert_eq!(
-            web.ips(),
+            web.ips,
             ["10.9.0.5", "172.17.0.2", "fd00::5"]
-                .map(|ip| ip.parse::<IpAddr>().unwrap())
+                .map(|ip| ip.parse::<std::net::IpAddr>().unwrap())
                 .to_vec()
         );
-        let labels = web.take_labels();
-        assert_eq!(labels["ec2metaproxy.RoleAlias"], "web");
-        assert_eq!(labels.len(), 2);
-        let bare = &mut listed[1];
-        assert_eq!((bare.name(), bare.ips()), ("", vec![]));
-        assert_eq!(bare.take_labels(), HashMap::new());
+        assert_eq!(web.labels["ec2metaproxy.RoleAlias"], "web");
+        assert_eq!(web.labels.len(), 2);
+        let bare = &listed[1];
+        assert_eq!((bare.id.as_str(), bare.name.as_str()), ("bare", ""));
+        assert!(bare.ips.is_empty());
+        assert_eq!(bare.labels, HashMap::new());
     }
 
     #[test]
