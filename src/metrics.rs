@@ -140,9 +140,7 @@ impl Metrics {
             {
                 Some((_, _, counter)) => counter.inc(),
                 None => {
-                    let counter =
-                        self.requests
-                            .with_label_values(&[route, &status.to_string(), alias]);
+                    let counter = self.request_counter(route, status, alias);
                     counter.inc();
                     // Bounded: past this, a thread counts the rare
                     // combinations without caching them.
@@ -155,10 +153,13 @@ impl Metrics {
         });
         if !counted {
             self.latency.with_label_values(&[route]).observe(seconds);
-            self.requests
-                .with_label_values(&[route, &status.to_string(), alias])
-                .inc();
+            self.request_counter(route, status, alias).inc();
         }
+    }
+
+    fn request_counter(&self, route: &str, status: u16, alias: &str) -> IntCounter {
+        self.requests
+            .with_label_values(&[route, &status.to_string(), alias])
     }
 
     /// The text exposition format.
