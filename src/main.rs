@@ -73,8 +73,9 @@ const HEAP_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 /// glibc keeps what bursts free (the container list at start-up and on a
 /// resync, a wave of prefetches, a spike of connections) for reuse, and
 /// gives back only what sits at the top of the main heap. `malloc_trim`
-/// returns every whole free page. After the start-up burst at N=1000 that
-/// was 1.5-3 MiB of a 20 MiB RSS; each call costs well under a millisecond.
+/// returns every whole free page: 2.3-3.5 MiB of about 20 MiB of RSS after
+/// a bench load at N=1000 (docs/performance.md). Its cost is one walk of
+/// the two arenas' free chunks every 10 s; it was not measured alone.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn spawn_heap_trimmer() {
     extern "C" {
