@@ -1,6 +1,7 @@
 //! The container-facing HTTP listener: accept loop, limits, request IDs and
 //! the request/response log lines, graceful shutdown. No IMDS logic here.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::imds::Imds;
+use crate::logging::{RequestLine, ResponseLine};
 use crate::metrics::metrics;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -192,11 +194,17 @@ async fn handle(
     let (parts, _body) = request.into_parts();
     // Fields as text already, so the log line is copied rather than formatted.
     let method = parts.method.as_str();
-    let remote = &*peer.ip_text;
-    match origin_form(&parts.uri) {
-        Some(path) => log::info!(id, remote, method, path; "request"),
-        None => log::info!(id, remote, method, path:% = parts.uri; "request"),
+    let path = match origin_form(&parts.uri) {
+        Some(path) => Cow::Borrowed(path),
+        None => Cow::Owned(parts.uri.to_string()),
+    };
+    RequestLine {
+        id,
+        remote: &peer.ip_text,
+        method,
+        path: &path,
     }
+    .log();
     let reply = peer.imds.respond(peer.ip, &parts, SystemTime::now()).await;
     let mut response = reply.response;
     response.headers_mut().insert(
@@ -209,14 +217,15 @@ async fn handle(
     let status = response.status();
     // Milliseconds to the microsecond: enough to read, short to write.
     let ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-    match reply.reason.as_deref() {
-        None => log::info!(
-            id, status = status.as_u16(), container, alias, ms; "response"
-        ),
-        Some(reason) => log::info!(
-            id, status = status.as_u16(), container, alias, ms, reason; "response"
-        ),
+    ResponseLine {
+        id,
+        status: status.as_u16(),
+        container,
+        alias,
+        ms,
+        reason: reply.reason.as_deref(),
     }
+    .log();
     metrics().count_request(reply.route, status.as_u16(), alias, elapsed.as_secs_f64());
     Ok(response)
 }
