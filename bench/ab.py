@@ -5,7 +5,8 @@ hot-path changes measured while the machine is busy (not part of `make bench`).
 For each binary: user-space instructions per request (valgrind callgrind,
 all threads, counted over a fixed number of requests after warm-up:
 repeatable under load), and server CPU time per request under wrk
-(kernel time included, so futex and write(2) costs show; noisier).
+(kernel time included, so futex and write(2) costs show; noisier), and
+with --perf, where that time goes (perf, cpu-clock samples, kernel included).
 
     python3 bench/ab.py --moto-venv .venv-bench/moto --shim target/bench/libsrcbind.so \\
         before=/tmp/ec2metaproxy.before after=target/release/ec2metaproxy
@@ -15,6 +16,7 @@ import argparse
 import http.client
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,7 +93,20 @@ def cpu_per_request(args, binary, tmp, sock, counter_port, ips, log_level, n):
     try:
         run.timed_first_200(port, ips[0], time.monotonic())
         run.warm(port, [run.container_ip(i) for i in range(n)])
+        recorder = None
+        if args.perf:
+            data = os.path.join(tmp, "perf-%d.data" % port)
+            recorder = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1999", "-p", str(proc.pid),
+                                         "-o", data], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
         result = run.run_wrk(a, port, ips, args.seconds, 64, proc.pid)
+        if recorder:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait(30)
+            report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--sort", "comm,dso,symbol",
+                                     "--percent-limit", str(args.perf)], capture_output=True, text=True).stdout
+            result["perf"] = "\n".join(l for l in report.splitlines() if l and not l.startswith("#"))
+            os.unlink(data)
         result["rss"] = run.proc_status(proc.pid)
     finally:
         run.stop(proc)
@@ -115,6 +130,8 @@ def main():
     p.add_argument("--keep", help="keep the callgrind dumps as KEEP.NAME.LEVEL")
     p.add_argument("--n", type=int, default=10, help="containers in the fake Docker (all warmed)")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the proxy (wrk runs)")
+    p.add_argument("--perf", type=float, metavar="PERCENT",
+                   help="perf record (cpu-clock, kernel included) each wrk run; print symbols above PERCENT")
     args = p.parse_args()
     builds = [b.split("=", 1) for b in args.builds]
     tmp = tempfile.mkdtemp(prefix="ec2mp-ab-")
@@ -141,6 +158,8 @@ def main():
                                   name, label, i + 1, r.get("rps") or 0, r.get("cpu_us") or 0, r.get("p99"),
                                   r.get("load1"), r["rss"].get("VmRSS"), r["rss"].get("RssAnon"),
                                   r["rss"].get("RssFile")), flush=True)
+                        if r.get("perf"):
+                            print(r["perf"], flush=True)
     finally:
         run.stop_all()
     return 0

@@ -21,18 +21,22 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::process::{Opened, ProcessWatch, ProcessWatcher};
 use crate::roles::session_name;
 
+/// A container's labels, or the variables of its environment the config
+/// reads. Read on every request (the role alias), hence the fast hasher.
+pub type StringMap = crate::FastHashMap<String, String>;
+
 /// A running container as the proxy needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
     pub id: String,
     pub name: String,
-    pub labels: HashMap<String, String>,
+    pub labels: StringMap,
     pub ips: Vec<IpAddr>,
     /// Computed once here so the request path does not rebuild it.
     pub session_name: Arc<str>,
     /// Only the variables the config reads (`roleEnv` and friends); the rest
     /// of a container's environment, which may hold secrets, is never kept.
-    pub env: HashMap<String, String>,
+    pub env: StringMap,
     /// Its init process, when the kernel can tell us that it exited.
     pub process: Process,
 }
@@ -49,12 +53,7 @@ pub enum Process {
 }
 
 impl Container {
-    pub fn new(
-        id: String,
-        name: &str,
-        labels: HashMap<String, String>,
-        ips: Vec<IpAddr>,
-    ) -> Container {
+    pub fn new(id: String, name: &str, labels: StringMap, ips: Vec<IpAddr>) -> Container {
         let name = name.trim_start_matches('/').to_string();
         let session_name = Arc::from(session_name(&name, &id));
         Container {
@@ -63,7 +62,7 @@ impl Container {
             labels,
             ips,
             session_name,
-            env: HashMap::new(),
+            env: StringMap::default(),
             process: Process::NotInspected,
         }
     }
@@ -82,7 +81,7 @@ impl Container {
         }
     }
 
-    pub fn with_env(mut self, env: HashMap<String, String>) -> Container {
+    pub fn with_env(mut self, env: StringMap) -> Container {
         self.env = env;
         self
     }
@@ -850,6 +849,7 @@ impl ContainerSource for DockerSource {
             .config
             .map(|c| (c.labels.unwrap_or_default(), c.env.unwrap_or_default()))
             .unwrap_or_default();
+        let labels = labels.into_iter().collect();
         let env = env
             .iter()
             .filter_map(|entry| entry.split_once('='))
@@ -925,7 +925,12 @@ mod tests {
     use tokio::sync::mpsc::UnboundedSender;
 
     fn container(id: &str, ip: &str) -> Container {
-        Container::new(id.into(), id, HashMap::new(), vec![ip.parse().unwrap()])
+        Container::new(
+            id.into(),
+            id,
+            StringMap::default(),
+            vec![ip.parse().unwrap()],
+        )
     }
 
     /// A platform whose containers and events the test controls, counting lists.

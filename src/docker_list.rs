@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
-use crate::docker::{sorted_addresses, Container};
+use crate::docker::{sorted_addresses, Container, StringMap};
 
 /// A list of 1000 containers is under a megabyte; this only stops a broken
 /// engine from filling memory.
@@ -30,7 +30,7 @@ pub struct Listed {
     #[serde(rename = "Names", default)]
     names: Option<Vec<String>>,
     #[serde(rename = "Labels", default)]
-    labels: Option<HashMap<String, String>>,
+    labels: Option<StringMap>,
     #[serde(rename = "NetworkSettings", default)]
     network_settings: Option<NetworkSettings>,
 }
@@ -205,7 +205,7 @@ mod tests {
         let bare = &listed[1];
         assert_eq!((bare.id.as_str(), bare.name.as_str()), ("bare", ""));
         assert!(bare.ips.is_empty());
-        assert_eq!(bare.labels, HashMap::new());
+        assert_eq!(bare.labels, StringMap::default());
     }
 
     #[test]

@@ -3,17 +3,16 @@
 //! `{"10.0.0.5": "web"}`; it is validated whole and swapped in only when
 //! valid, like the config.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::docker::Container;
+use crate::docker::{Container, StringMap};
 use crate::roles::ROLE_ALIAS_LABEL;
 
-type ByIp = HashMap<IpAddr, Arc<Container>>;
+type ByIp = crate::FastHashMap<IpAddr, Arc<Container>>;
 
 /// The current mappings, each as a stand-in container labelled with its alias.
 pub struct StaticMappings {
@@ -32,7 +31,7 @@ pub fn parse(text: &str, name: &str) -> Result<ByIp, String> {
     let Some(entries) = value.as_object() else {
         return Err(format!("{name}: expected an object of IP address to alias"));
     };
-    let mut by_ip = ByIp::with_capacity(entries.len());
+    let mut by_ip = ByIp::with_capacity_and_hasher(entries.len(), Default::default());
     for (address, alias) in entries {
         let ip: IpAddr = address
             .parse()
@@ -44,7 +43,7 @@ pub fn parse(text: &str, name: &str) -> Result<ByIp, String> {
         };
         // A name that reads well in CloudTrail: ip-10-0-0-5.
         let stand_in = format!("ip-{}", address.replace([':', '.'], "-"));
-        let labels = HashMap::from([(ROLE_ALIAS_LABEL.to_string(), alias.to_string())]);
+        let labels = StringMap::from_iter([(ROLE_ALIAS_LABEL.to_string(), alias.to_string())]);
         by_ip.insert(
             ip,
             Arc::new(Container::new(String::new(), &stand_in, labels, vec![ip])),

@@ -338,7 +338,6 @@ pub fn session_name(container_name: &str, container_id: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use std::collections::HashMap;
 
     fn roles() -> RoleMap {
         Config::parse(
@@ -359,7 +358,7 @@ mod tests {
             labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<HashMap<_, _>>(),
+                .collect(),
             vec![],
         )
     }
