@@ -405,7 +405,8 @@ pub struct ResponseLine<'a> {
     pub status: u16,
     pub container: &'a str,
     pub alias: &'a str,
-    pub ms: f64,
+    /// Logged as `ms`, to the microsecond: enough to read, short to write.
+    pub elapsed: Duration,
     pub reason: Option<&'a str>,
 }
 
@@ -491,8 +492,11 @@ impl FixedLine for ResponseLine<'_> {
         out.extend_from_slice(b" alias=");
         push_text_value(out, self.alias);
         out.extend_from_slice(b" ms=");
-        if !push_thousandths(out, self.ms) {
-            let _ = std::fmt::Write::write_fmt(&mut Utf8(out), format_args!("{}", self.ms));
+        let micros = self.micros();
+        if micros < THOUSANDTHS_LIMIT {
+            push_whole_thousandths(out, micros);
+        } else {
+            let _ = std::fmt::Write::write_fmt(&mut Utf8(out), format_args!("{}", self.ms()));
         }
         if let Some(reason) = self.reason {
             out.extend_from_slice(b" reason=");
@@ -506,7 +510,7 @@ impl FixedLine for ResponseLine<'_> {
             ("status", Value::from(self.status)),
             ("container", Value::from(self.container)),
             ("alias", Value::from(self.alias)),
-            ("ms", Value::from(self.ms)),
+            ("ms", Value::from(self.ms())),
             ("reason", Value::from(self.reason.unwrap_or_default())),
         ];
         f(&fields[..if self.reason.is_some() { 6 } else { 5 }])
@@ -524,6 +528,16 @@ impl ResponseLine<'_> {
     /// Logs the line at info, target [`SERVER_TARGET`].
     pub fn log(&self) {
         FixedLine::log(self)
+    }
+
+    fn micros(&self) -> u64 {
+        let micros = (self.elapsed.as_nanos() + 500) / 1000;
+        u64::try_from(micros).unwrap_or(u64::MAX)
+    }
+
+    /// `ms` as a number, for JSON and other loggers.
+    fn ms(&self) -> f64 {
+        self.micros() as f64 / 1000.0
     }
 }
 
@@ -603,7 +617,7 @@ fn push_text_value(out: &mut Vec<u8>, text: &str) {
 /// dropped, as long as an ulp is far below a thousandth (below 2^40
 /// thousandths).
 fn push_thousandths(out: &mut Vec<u8>, x: f64) -> bool {
-    const LIMIT: f64 = (1u64 << 40) as f64 / 1000.0;
+    const LIMIT: f64 = THOUSANDTHS_LIMIT as f64 / 1000.0;
     if !(0.0..LIMIT).contains(&x) || x.is_sign_negative() {
         return false;
     }
@@ -611,7 +625,16 @@ fn push_thousandths(out: &mut Vec<u8>, x: f64) -> bool {
     if thousandths / 1000.0 != x {
         return false;
     }
-    let thousandths = thousandths as u64;
+    push_whole_thousandths(out, thousandths as u64);
+    true
+}
+
+/// Thousandths below this, divided by 1000, are written by `Display` as
+/// [`push_whole_thousandths`] writes them.
+const THOUSANDTHS_LIMIT: u64 = 1 << 40;
+
+/// Appends `thousandths / 1000` in decimal, without trailing zeros.
+fn push_whole_thousandths(out: &mut Vec<u8>, thousandths: u64) {
     let (whole, fraction) = (thousandths / 1000, thousandths % 1000);
     out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
     if fraction != 0 {
@@ -626,7 +649,6 @@ fn push_thousandths(out: &mut Vec<u8>, x: f64) -> bool {
         out.push(b'.');
         out.extend_from_slice(&digits[..len]);
     }
-    true
 }
 
 struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
@@ -837,7 +859,20 @@ mod tests {
             "caf\u{e9}",
             "http://169.254.169.254/latest/",
         ];
-        let ms_values = [0.0, 0.001, 0.084, 1.0, 12.5, 1234.567, 0.0845, 1e-7, 1e12];
+        let elapsed_values = [
+            0,
+            499,
+            500,
+            1_000,
+            84_000,
+            1_000_000,
+            12_500_400,
+            1_234_567_000,
+            (1 << 40) * 1000 - 1,
+            (1 << 40) * 1000,
+            u64::MAX,
+        ]
+        .map(Duration::from_nanos);
         let mut checked = 0;
         for text in texts {
             for remote in ["172.17.0.2", "fd00::2"] {
@@ -850,27 +885,27 @@ mod tests {
                 assert_eq!(direct, via_log);
                 checked += 1;
             }
-            for (i, ms) in ms_values.into_iter().enumerate() {
+            for (i, elapsed) in elapsed_values.into_iter().enumerate() {
                 let (direct, via_log) = both_ways(&ResponseLine {
                     id,
                     status: [200, 404, 0, u16::MAX][i % 4],
                     container: text,
-                    alias: texts[i],
-                    ms,
+                    alias: texts[i % texts.len()],
+                    elapsed,
                     reason: (i % 2 == 1).then_some(text),
                 });
                 assert_eq!(direct, via_log);
                 checked += 1;
             }
         }
-        assert_eq!(checked, texts.len() * (2 + ms_values.len()));
+        assert_eq!(checked, texts.len() * (2 + elapsed_values.len()));
         // And what both write, once in full.
         let (direct, _) = both_ways(&ResponseLine {
             id,
             status: 404,
             container: "web-1",
             alias: "-",
-            ms: 0.084,
+            elapsed: Duration::from_nanos(84_499),
             reason: Some("no running container has this address"),
         });
         assert_eq!(

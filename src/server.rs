@@ -215,14 +215,12 @@ async fn handle(
     let container = reply.container.as_ref().map_or("-", |c| c.name.as_str());
     let alias = reply.role.as_ref().map_or("-", |r| r.alias.as_str());
     let status = response.status();
-    // Milliseconds to the microsecond: enough to read, short to write.
-    let ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
     ResponseLine {
         id,
         status: status.as_u16(),
         container,
         alias,
-        ms,
+        elapsed,
         reason: reply.reason.as_deref(),
     }
     .log();
