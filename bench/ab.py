@@ -103,7 +103,7 @@ def cpu_per_request(args, binary, tmp, sock, counter_port, ips, log_level, n):
         if recorder:
             recorder.send_signal(signal.SIGINT)
             recorder.wait(30)
-            report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--sort", "comm,dso,symbol",
+            report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--sort", os.environ.get("AB_PERF_SORT", "comm,dso,symbol"),
                                      "--percent-limit", str(args.perf)], capture_output=True, text=True).stdout
             result["perf"] = "\n".join(l for l in report.splitlines() if l and not l.startswith("#"))
             os.unlink(data)
