@@ -247,6 +247,18 @@ impl CredentialCache {
             }
         }
         metrics().cache_misses.inc();
+        // Boxed: the miss path's future (STS call, retries) is large, and
+        // every request's future would otherwise carry its size.
+        Box::pin(self.get_missed(request, &slot, timing, now)).await
+    }
+
+    async fn get_missed(
+        &self,
+        request: &RoleRequest,
+        slot: &Slot,
+        timing: Timing,
+        now: SystemTime,
+    ) -> Result<Arc<Credentials>, StsError> {
         // STS just failed for this key and the credentials in hand are still
         // good: serve them now rather than make the client wait on STS again.
         // The background sweep keeps trying.
@@ -265,7 +277,7 @@ impl CredentialCache {
                 return Ok(current);
             }
         }
-        self.load(request, &slot, now).await
+        self.load(request, slot, now).await
     }
 
     async fn load(

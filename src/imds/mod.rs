@@ -164,7 +164,7 @@ impl Imds {
             if request.method != Method::PUT {
                 return method_not_allowed("PUT");
             }
-            return self.issue_token(caller, version, headers, unix_now).await;
+            return Box::pin(self.issue_token(caller, version, headers, unix_now)).await;
         }
         if route == Route::NotFound {
             return Reply::status(StatusCode::NOT_FOUND, "not an IMDS path");
@@ -225,7 +225,9 @@ impl Imds {
                     self.credentials_reply(&assignment, flavor, now).await
                 }
             }
-            Route::Passthrough(path) => self.passthrough(&request.method, &path, now).await,
+            Route::Passthrough(path) => {
+                Box::pin(self.passthrough(&request.method, &path, now)).await
+            }
             Route::Denied(why) => Reply::status(StatusCode::NOT_FOUND, why),
             Route::Token { .. } | Route::NotFound => unreachable!("answered above"),
         };
@@ -244,10 +246,10 @@ impl Imds {
             .or_else(|| self.mappings.as_ref().and_then(|m| m.get(caller)));
         match known {
             Some(container) if container.has_exited() => {
-                self.index.lookup_after_exit(caller, &container).await
+                Box::pin(self.index.lookup_after_exit(caller, &container)).await
             }
             Some(container) => Some(container),
-            None => self.index.lookup(caller).await,
+            None => Box::pin(self.index.lookup(caller)).await,
         }
     }
 
