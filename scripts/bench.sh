@@ -9,7 +9,7 @@
 # (`cargo install oha`, several minutes once) for the fixed-rate run.
 #
 # Env: BENCH_SECONDS=4       seconds per round of closed-loop load
-#      BENCH_ROUNDS=3        interleaved rounds (median reported)
+#      BENCH_ROUNDS=5        interleaved rounds (median reported)
 #      BENCH_RATE_SECONDS=8  seconds of the open-loop (fixed-rate) run
 #      BENCH_CONNECTIONS=128 keep-alive connections
 #      BENCH_ADDRESSES=64    container addresses the load comes from (at most N)
@@ -96,7 +96,7 @@ python3 bench/run.py \
     --shim "$PWD/target/bench/libsrcbind.so" \
     ${OHA:+--oha "$OHA"} \
     --seconds "${BENCH_SECONDS:-4}" \
-    --rounds "${BENCH_ROUNDS:-3}" \
+    --rounds "${BENCH_ROUNDS:-5}" \
     --rate-seconds "${BENCH_RATE_SECONDS:-8}" \
     --connections "${BENCH_CONNECTIONS:-128}" \
     --addresses "${BENCH_ADDRESSES:-64}" \
