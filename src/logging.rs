@@ -1,7 +1,9 @@
 //! Log output: text for people (the default) or one JSON object per line for
 //! log shippers (`"logFormat": "json"`). Structured fields are `log`
 //! key-values, so the request and response lines carry `id`, `status`,
-//! `container`, `alias` and `ms` as fields in both formats.
+//! `container`, `alias` and `ms` as fields in both formats. Those two lines,
+//! logged for every request, are written directly in text output (see
+//! [`RequestLine`]) in the bytes the `log` path would write.
 //!
 //! Each line is rendered into a buffer the logging thread keeps, then
 //! appended to one shared pending buffer. A writer thread takes the whole
