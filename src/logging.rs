@@ -427,6 +427,18 @@ trait FixedLine {
     /// Calls `f` with the fields as `log` key-values.
     fn with_fields(&self, f: impl FnOnce(&[(&str, Value<'_>)]));
 
+    /// Calls `f` with the line as a `log` record, as `log::info!` makes it.
+    fn with_record(&self, f: impl FnOnce(&log::Record<'_>)) {
+        self.with_fields(|fields| {
+            f(&log::Record::builder()
+                .level(log::Level::Info)
+                .target(SERVER_TARGET)
+                .args(format_args!("{}", Self::MESSAGE))
+                .key_values(&fields)
+                .build())
+        })
+    }
+
     /// The whole text line, without the newline.
     fn push_text(&self, timestamp: &str, out: &mut Vec<u8>) {
         push_text_head(out, timestamp, log::Level::Info, SERVER_TARGET);
@@ -440,16 +452,9 @@ trait FixedLine {
                 self.push_text(timestamp, line)
             }),
             Some(_) => {}
-            None if log::Level::Info <= log::max_level() => self.with_fields(|fields| {
-                log::logger().log(
-                    &log::Record::builder()
-                        .level(log::Level::Info)
-                        .target(SERVER_TARGET)
-                        .args(format_args!("{}", Self::MESSAGE))
-                        .key_values(&fields)
-                        .build(),
-                )
-            }),
+            None if log::Level::Info <= log::max_level() => {
+                self.with_record(|record| log::logger().log(record))
+            }
             None => {}
         }
     }
@@ -831,18 +836,7 @@ mod tests {
         let mut direct = Vec::new();
         line.push_text(timestamp, &mut direct);
         let mut via_log = String::new();
-        line.with_fields(|fields| {
-            via_log = render(
-                LogFormat::Text,
-                timestamp,
-                &log::Record::builder()
-                    .level(log::Level::Info)
-                    .target(SERVER_TARGET)
-                    .args(format_args!("{}", L::MESSAGE))
-                    .key_values(&fields)
-                    .build(),
-            )
-        });
+        line.with_record(|record| via_log = render(LogFormat::Text, timestamp, record));
         (String::from_utf8(direct).unwrap(), via_log)
     }
 
