@@ -99,7 +99,7 @@ def cpu_per_request(args, binary, tmp, sock, counter_port, ips, log_level, n):
             recorder = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1999", "-p", str(proc.pid),
                                          "-o", data], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.3)
-        result = run.run_wrk(a, port, ips, args.seconds, 64, proc.pid)
+        result = run.run_wrk(a, port, ips, args.seconds, args.connections, proc.pid)
         if recorder:
             recorder.send_signal(signal.SIGINT)
             recorder.wait(30)
@@ -129,6 +129,8 @@ def main():
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--keep", help="keep the callgrind dumps as KEEP.NAME.LEVEL")
     p.add_argument("--n", type=int, default=10, help="containers in the fake Docker (all warmed)")
+    p.add_argument("--addresses", type=int, default=8, help="container addresses the load comes from (at most N)")
+    p.add_argument("--connections", type=int, default=64, help="wrk's keep-alive connections")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the proxy (wrk runs)")
     p.add_argument("--perf", type=float, metavar="PERCENT",
                    help="perf record (cpu-clock, kernel included) each wrk run; print symbols above PERCENT")
@@ -139,7 +141,7 @@ def main():
         _, counter_port = run.start_sts(args.moto_venv)
         sock = os.path.join(tmp, "docker.sock")
         run.start_fake_docker(sock, args.n)
-        ips = [run.container_ip(i) for i in range(min(args.n, 8))]
+        ips = [run.container_ip(i) for i in range(min(args.n, args.addresses))]
         levels = [(l if l != "info" else None) for l in args.levels.split(",")]
         for level in levels:
             label = "RUST_LOG=%s" % level if level else "info (default)"
