@@ -14,7 +14,7 @@
 #                      container its role's credentials from moto's STS
 #
 # Needs: root, Docker, iptables, nsenter, gcc + libc6-dev (the pause image),
-# python3-venv, debootstrap (Debian: apt-get install -y debootstrap).
+# python3-venv, debootstrap (installed with apt-get when missing, as root).
 # Everything a run creates is named ec2mp-pkg-<runid>-..., labelled, and removed
 # at the end, pass or fail; the base images ec2metaproxy-local/* are kept and
 # reused (scripts/local-base-images.sh --rebuild replaces them).
@@ -22,9 +22,19 @@
 # Usage: tests/packaging/run.sh [pytest args...]     e.g. -k firewall
 # Env:   EC2MP_PKG_IMAGE=repo:tag    test an existing image instead of building one
 #        EC2MP_PKG_GIT_REF=REF       the ref to build (default HEAD; "." = work tree)
+#        EC2MP_E2E_NO_APT=1          never apt-get install debootstrap
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# On a fresh Debian machine `make test` installs it, as e2e installs its
+# clients (EC2MP_E2E_NO_APT=1 turns both off).
+if ! command -v debootstrap >/dev/null 2>&1 && [ -z "${EC2MP_PKG_IMAGE:-}" ] \
+    && [ -z "${EC2MP_E2E_NO_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> apt-get install debootstrap (local base images)"
+    { apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap; } \
+        >/dev/null 2>&1 || true
+fi
 if ! command -v debootstrap >/dev/null 2>&1 && [ -z "${EC2MP_PKG_IMAGE:-}" ]; then
     echo "packaging: debootstrap is needed for the local base images: apt-get install -y debootstrap" >&2
     exit 2
