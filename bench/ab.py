@@ -16,7 +16,6 @@ import argparse
 import http.client
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -93,20 +92,18 @@ def cpu_per_request(args, binary, tmp, sock, counter_port, ips, log_level, n):
     try:
         run.timed_first_200(port, ips[0], time.monotonic())
         run.warm(port, [run.container_ip(i) for i in range(n)])
-        recorder = None
+        def load():
+            return run.run_wrk(a, port, ips, args.seconds, args.connections, proc.pid)
         if args.perf:
             data = os.path.join(tmp, "perf-%d.data" % port)
-            recorder = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1999", "-p", str(proc.pid),
-                                         "-o", data], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.3)
-        result = run.run_wrk(a, port, ips, args.seconds, args.connections, proc.pid)
-        if recorder:
-            recorder.send_signal(signal.SIGINT)
-            recorder.wait(30)
-            report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--sort", os.environ.get("AB_PERF_SORT", "comm,dso,symbol"),
-                                     "--percent-limit", str(args.perf)], capture_output=True, text=True).stdout
+            result, report = run.perf_during(
+                proc.pid, data, load, record=("-e", "cpu-clock", "-F", "1999"),
+                report=("--sort", os.environ.get("AB_PERF_SORT", "comm,dso,symbol"),
+                        "--percent-limit", str(args.perf)))
             result["perf"] = "\n".join(l for l in report.splitlines() if l and not l.startswith("#"))
             os.unlink(data)
+        else:
+            result = load()
         result["rss"] = run.proc_status(proc.pid)
     finally:
         run.stop(proc)

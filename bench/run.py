@@ -539,18 +539,28 @@ def median_round(rounds):
     return chosen
 
 
-def profile(args, pid, port, load_ips, tmp, n):
-    """perf record on the proxy under a short load; returns the top symbols."""
-    data = os.path.join(tmp, "perf-%d.data" % n)
-    rec = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", data],
+def perf_during(pid, data, load, record=(), report=()):
+    """Runs load() while perf records process pid into file `data`;
+    returns load()'s result and `perf report --stdio` of the recording."""
+    rec = subprocess.Popen(["perf", "record", *record, "-p", str(pid), "-o", data],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
-    run_wrk(args, port, load_ips, 5, args.connections)
-    rec.send_signal(signal.SIGINT)
-    rec.wait(30)
-    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "1.5",
-                          "-g", "none", "--sort", "symbol"], capture_output=True, text=True)
-    return out.stdout
+    try:
+        result = load()
+    finally:
+        rec.send_signal(signal.SIGINT)
+        rec.wait(30)
+    out = subprocess.run(["perf", "report", "-i", data, "--stdio", *report], capture_output=True, text=True)
+    return result, out.stdout
+
+
+def profile(args, pid, port, load_ips, tmp, n):
+    """perf record on the proxy under a short load; returns the top symbols."""
+    _, out = perf_during(pid, os.path.join(tmp, "perf-%d.data" % n),
+                         lambda: run_wrk(args, port, load_ips, 5, args.connections),
+                         record=("-F", "999", "-g"),
+                         report=("--no-children", "--percent-limit", "1.5", "-g", "none", "--sort", "symbol"))
+    return out
 
 
 def bench_n(args, tmp, n, sock, counter_port, load_ips, r):
