@@ -142,11 +142,61 @@ const IDLE_DROP: Duration = Duration::from_secs(2 * 60 * 60);
 
 struct Slot {
     current: ArcSwapOption<Credentials>,
+    /// Bumped after `current` is replaced and when the slot leaves the
+    /// cache, so a [`Held`] knows its credentials are no longer the answer.
+    generation: AtomicU64,
     loading: tokio::sync::Mutex<()>,
     last_used: AtomicU64,
     /// Unix seconds of the last failed AssumeRole (0: none since the last success).
     failed_at: AtomicU64,
     jitter: Duration,
+}
+
+/// Credentials from the cache, and a hold on the key they were cached
+/// under: [`Held::still_answers`] tells, without touching the cache's map,
+/// whether [`CredentialCache::get`] would answer the same credentials now.
+pub struct Held {
+    slot: Arc<Slot>,
+    generation: u64,
+    min_left: Duration,
+    pub credentials: Arc<Credentials>,
+}
+
+impl Held {
+    /// True while the key is cached, its credentials have not been replaced
+    /// and they still have `min_left` to live: then a request is answered
+    /// with them as `get` would, and counts as a use of the key.
+    pub fn still_answers(&self, now: SystemTime) -> bool {
+        if self.slot.generation.load(Ordering::Acquire) != self.generation
+            || expires_within(self.credentials.expiration, self.min_left, now)
+        {
+            return false;
+        }
+        self.slot.touch(now);
+        metrics().cache_hits.inc();
+        true
+    }
+}
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Held")
+            .field("generation", &self.generation)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+impl Slot {
+    /// Records a use at `now`. Written once a second at most: the slot is
+    /// shared by every connection of the key, and a store on each request
+    /// would move its cache line between cores.
+    fn touch(&self, now: SystemTime) {
+        let used = unix_secs(now);
+        if self.last_used.load(Ordering::Relaxed) != used {
+            self.last_used.store(used, Ordering::Relaxed);
+        }
+    }
 }
 
 pub struct CredentialCache {
@@ -221,6 +271,7 @@ impl CredentialCache {
             .or_insert_with(|| {
                 Arc::new(Slot {
                     current: ArcSwapOption::empty(),
+                    generation: AtomicU64::new(0),
                     loading: tokio::sync::Mutex::new(()),
                     last_used: AtomicU64::new(0),
                     failed_at: AtomicU64::new(0),
@@ -237,19 +288,37 @@ impl CredentialCache {
         request: &RoleRequest,
         now: SystemTime,
     ) -> Result<Arc<Credentials>, StsError> {
+        self.get_held(request, now)
+            .await
+            .map(|held| held.credentials)
+    }
+
+    /// Like [`get`](Self::get), with a hold that tells later whether the
+    /// same call would still answer these credentials.
+    pub async fn get_held(&self, request: &RoleRequest, now: SystemTime) -> Result<Held, StsError> {
         let slot = self.slot(request);
         let timing = self.timing_for(request);
-        slot.last_used.store(unix_secs(now), Ordering::Relaxed);
-        if let Some(current) = slot.current.load_full() {
-            if !expires_within(current.expiration, timing.min_left, now) {
+        slot.touch(now);
+        // Read before `current`: a replacement after this read changes it.
+        let generation = slot.generation.load(Ordering::Acquire);
+        let (credentials, generation) = match slot.current.load_full() {
+            Some(current) if !expires_within(current.expiration, timing.min_left, now) => {
                 metrics().cache_hits.inc();
-                return Ok(current);
+                (current, generation)
             }
-        }
-        metrics().cache_misses.inc();
-        // Boxed: the miss path's future (STS call, retries) is large, and
-        // every request's future would otherwise carry its size.
-        Box::pin(self.get_missed(request, &slot, timing, now)).await
+            _ => {
+                metrics().cache_misses.inc();
+                // Boxed: the miss path's future (STS call, retries) is large,
+                // and every request's future would otherwise carry its size.
+                Box::pin(self.get_missed(request, &slot, timing, now, generation)).await?
+            }
+        };
+        Ok(Held {
+            slot,
+            generation,
+            min_left: timing.min_left,
+            credentials,
+        })
     }
 
     async fn get_missed(
@@ -258,7 +327,8 @@ impl CredentialCache {
         slot: &Slot,
         timing: Timing,
         now: SystemTime,
-    ) -> Result<Arc<Credentials>, StsError> {
+        generation: u64,
+    ) -> Result<(Arc<Credentials>, u64), StsError> {
         // STS just failed for this key and the credentials in hand are still
         // good: serve them now rather than make the client wait on STS again.
         // The background sweep keeps trying.
@@ -266,18 +336,19 @@ impl CredentialCache {
         if failed_at != 0 && unix_secs(now).saturating_sub(failed_at) < FAILURE_BACKOFF.as_secs() {
             if let Some(stale) = slot.current.load_full() {
                 if !expires_within(stale.expiration, STALE_FLOOR, now) {
-                    return Ok(stale);
+                    return Ok((stale, generation));
                 }
             }
         }
         let _loading = slot.loading.lock().await;
         // Whoever held the lock before us may have fetched them already.
-        if let Some(current) = slot.current.load_full() {
-            if !expires_within(current.expiration, timing.min_left, now) {
-                return Ok(current);
-            }
-        }
-        self.load(request, slot, now).await
+        let credentials = match slot.current.load_full() {
+            Some(current) if !expires_within(current.expiration, timing.min_left, now) => current,
+            _ => self.load(request, slot, now).await?,
+        };
+        // `current` is only replaced under `loading`, so this is the
+        // generation of `credentials`.
+        Ok((credentials, slot.generation.load(Ordering::Acquire)))
     }
 
     async fn load(
@@ -312,6 +383,7 @@ impl CredentialCache {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
                 slot.current.store(Some(fresh.clone()));
+                slot.generation.fetch_add(1, Ordering::Release);
                 Ok(fresh)
             }
             Err(error) => match slot.current.load_full() {
@@ -330,7 +402,13 @@ impl CredentialCache {
         let idle_before = unix_secs(now).saturating_sub(IDLE_DROP.as_secs());
         let due: Vec<(RoleRequest, Arc<Slot>)> = {
             let mut slots = self.slots.write().unwrap();
-            slots.retain(|_, slot| slot.last_used.load(Ordering::Relaxed) >= idle_before);
+            slots.retain(|_, slot| {
+                let keep = slot.last_used.load(Ordering::Relaxed) >= idle_before;
+                if !keep {
+                    slot.generation.fetch_add(1, Ordering::Release);
+                }
+                keep
+            });
             slots
                 .iter()
                 .filter(|(_, slot)| match slot.current.load().as_ref() {
@@ -372,10 +450,13 @@ impl CredentialCache {
     /// Drops every key of a session (a container that is gone), so its
     /// credentials are never served again and never refreshed.
     pub fn forget_session(&self, session_name: &str) {
-        self.slots
-            .write()
-            .unwrap()
-            .retain(|request, _| &*request.session_name != session_name);
+        self.slots.write().unwrap().retain(|request, slot| {
+            let keep = &*request.session_name != session_name;
+            if !keep {
+                slot.generation.fetch_add(1, Ordering::Release);
+            }
+            keep
+        });
     }
 
     /// Number of keys cached.

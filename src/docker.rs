@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -182,6 +182,9 @@ struct RefreshRequest {
 /// The shared, read-mostly view of containers by IP.
 pub struct ContainerIndex {
     by_ip: ArcSwap<IpMap>,
+    /// Bumped after every publish: an answer computed while it had one value
+    /// still holds while it has that value (see `imds::remembered`).
+    generation: AtomicU64,
     refresh: Option<mpsc::Sender<RefreshRequest>>,
     unknown: Mutex<HashMap<IpAddr, Instant>>,
     synced: AtomicBool,
@@ -206,6 +209,7 @@ impl ContainerIndex {
     pub fn fixed(containers: Vec<Container>) -> Arc<ContainerIndex> {
         let index = ContainerIndex {
             by_ip: ArcSwap::from_pointee(IpMap::default()),
+            generation: AtomicU64::new(0),
             refresh: None,
             unknown: Mutex::new(HashMap::new()),
             synced: AtomicBool::new(true),
@@ -226,6 +230,7 @@ impl ContainerIndex {
         let (tx, rx) = mpsc::channel(256);
         let index = Arc::new(ContainerIndex {
             by_ip: ArcSwap::from_pointee(IpMap::default()),
+            generation: AtomicU64::new(0),
             refresh: Some(tx),
             unknown: Mutex::new(HashMap::new()),
             synced: AtomicBool::new(false),
@@ -254,6 +259,13 @@ impl ContainerIndex {
     }
 
     /// The container at `ip` as of the last change seen. The hot path.
+    /// Changes whenever any address's container may have changed. Read it
+    /// before [`get`](Self::get): a later equal value means that lookup
+    /// would still find the same container.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub fn get(&self, ip: IpAddr) -> Option<Arc<Container>> {
         self.by_ip.load().get(&ip).cloned()
     }
@@ -381,6 +393,7 @@ impl ContainerIndex {
         }
         crate::metrics::metrics().containers.set(by_ip.len() as i64);
         self.by_ip.store(Arc::new(by_ip));
+        self.generation.fetch_add(1, Ordering::Release);
         self.unknown.lock().unwrap().clear();
         self.changed.notify_waiters();
     }

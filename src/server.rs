@@ -20,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::imds::remembered::Remembered;
 use crate::imds::Imds;
 use crate::logging::{RequestLine, ResponseLine};
 use crate::metrics::metrics;
@@ -101,6 +102,7 @@ pub async fn serve(
             imds: imds.clone(),
             ip: caller,
             ip_text: caller.to_string().into(),
+            remembered: Remembered::default(),
         });
         let service = service_fn(move |request| handle(peer.clone(), request));
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
@@ -182,6 +184,9 @@ struct Peer {
     imds: Arc<Imds>,
     ip: IpAddr,
     ip_text: Box<str>,
+    /// The connection's last credentials answer (hyper hands a connection's
+    /// requests over one at a time, so its lock is never contended).
+    remembered: Remembered,
 }
 
 async fn handle(
@@ -205,27 +210,60 @@ async fn handle(
         path: &path,
     }
     .log();
-    let reply = peer.imds.respond(peer.ip, &parts, SystemTime::now()).await;
+    let now = SystemTime::now();
+    if let Some(mut hit) = peer.imds.remembered(&peer.remembered, peer.ip, &parts, now) {
+        let mut response = hit.take_response();
+        Answered {
+            container: hit.container_name(),
+            alias: hit.alias(),
+            route: "credentials",
+            reason: None,
+        }
+        .finish(&mut response, id, started);
+        return Ok(response);
+    }
+    let mut reply = peer.imds.respond(peer.ip, &parts, now).await;
+    peer.remembered.keep(&mut reply);
     let mut response = reply.response;
-    response.headers_mut().insert(
-        REQUEST_ID_NAME,
-        HeaderValue::from_str(id).expect("a UUID is a header value"),
-    );
-    let elapsed = started.elapsed();
-    let container = reply.container.as_ref().map_or("-", |c| c.name.as_str());
-    let alias = reply.role.as_ref().map_or("-", |r| r.alias.as_str());
-    let status = response.status();
-    ResponseLine {
-        id,
-        status: status.as_u16(),
-        container,
-        alias,
-        elapsed,
+    Answered {
+        container: reply.container.as_ref().map_or("-", |c| c.name.as_str()),
+        alias: reply.role.as_ref().map_or("-", |r| r.alias.as_str()),
+        route: reply.route,
         reason: reply.reason.as_deref(),
     }
-    .log();
-    metrics().count_request(reply.route, status.as_u16(), alias, elapsed.as_secs_f64());
+    .finish(&mut response, id, started);
     Ok(response)
+}
+
+/// What the response line and the metrics say of an answer.
+struct Answered<'a> {
+    container: &'a str,
+    alias: &'a str,
+    route: &'static str,
+    reason: Option<&'a str>,
+}
+
+impl Answered<'_> {
+    /// Tags `response` with the request ID, logs the response line and
+    /// counts the request.
+    fn finish(self, response: &mut Response<Full<Bytes>>, id: &str, started: Instant) {
+        response.headers_mut().insert(
+            REQUEST_ID_NAME,
+            HeaderValue::from_str(id).expect("a UUID is a header value"),
+        );
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        ResponseLine {
+            id,
+            status,
+            container: self.container,
+            alias: self.alias,
+            elapsed,
+            reason: self.reason,
+        }
+        .log();
+        metrics().count_request(self.route, status, self.alias, elapsed.as_secs_f64());
+    }
 }
 
 /// The request target as sent, when it is a path (and query): what `Uri`'s

@@ -3,5 +3,6 @@
 
 mod operations;
 mod raw;
+mod remembered;
 mod reuse;
 mod security;

@@ -75,14 +75,17 @@ fn json_string(s: &str) -> String {
 /// The credentials document, with `AccountId` on the extended route,
 /// rendered once per credentials and then shared.
 pub fn credentials(credentials: &Credentials, account: Option<&str>) -> Response<Full<Bytes>> {
+    text(credentials_body(credentials, account))
+}
+
+/// The body of [`credentials`], rendered once per credentials and flavour.
+pub fn credentials_body(credentials: &Credentials, account: Option<&str>) -> Bytes {
     let cell = match account {
         None => &credentials.rendered.legacy,
         Some(_) => &credentials.rendered.extended,
     };
-    text(
-        cell.get_or_init(|| render_credentials(credentials, account))
-            .clone(),
-    )
+    cell.get_or_init(|| render_credentials(credentials, account))
+        .clone()
 }
 
 fn render_credentials(credentials: &Credentials, account: Option<&str>) -> Bytes {

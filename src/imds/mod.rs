@@ -9,6 +9,7 @@
 pub mod document;
 pub mod local;
 pub mod path;
+pub mod remembered;
 pub mod token;
 pub mod upstream;
 
@@ -36,9 +37,9 @@ use upstream::Upstream;
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 // Parsed once: a lookup by `&str` parses and hashes the name every time.
-const TOKEN_NAME: HeaderName = HeaderName::from_static(TOKEN_HEADER);
+pub(crate) const TOKEN_NAME: HeaderName = HeaderName::from_static(TOKEN_HEADER);
 const TTL_NAME: HeaderName = HeaderName::from_static(TTL_HEADER);
-const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// A response and what the response log line says about it.
 pub struct Reply {
@@ -49,6 +50,8 @@ pub struct Reply {
     pub reason: Option<Cow<'static, str>>,
     /// The kind of route, for metrics: a fixed, low-cardinality name.
     pub route: &'static str,
+    /// A credentials answer the connection may give again; see [`remembered`].
+    remember: Option<Box<remembered::Answer>>,
 }
 
 impl Reply {
@@ -59,6 +62,7 @@ impl Reply {
             role: None,
             reason: None,
             route: "invalid",
+            remember: None,
         }
     }
 
@@ -151,14 +155,11 @@ impl Imds {
         caller: IpAddr,
         request: &http::request::Parts,
         route: Route<'_>,
-        config: &Config,
+        config: &Arc<Config>,
         now: SystemTime,
     ) -> Reply {
         let headers = &request.headers;
-        let unix_now = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let unix_now = unix_seconds(now);
 
         if let Route::Token { version } = &route {
             if request.method != Method::PUT {
@@ -172,6 +173,8 @@ impl Imds {
         if request.method != Method::GET && request.method != Method::HEAD {
             return method_not_allowed("GET, HEAD");
         }
+        // Read before the lookup, for a remembered answer (see `remembered`).
+        let index_generation = self.index.generation();
         let container = self.holder_of(caller).await;
         let holder = Holder::new(caller, container.as_deref().map(|c| c.id.as_str()));
         match headers.get(&TOKEN_NAME) {
@@ -222,7 +225,15 @@ impl Imds {
                         format!("asked for role {name:?}, which is not this container's"),
                     )
                 } else {
-                    self.credentials_reply(&assignment, flavor, now).await
+                    let remember = Remembrance {
+                        path: request.uri.path(),
+                        config,
+                        index_generation,
+                        caller,
+                        container: &container,
+                    };
+                    self.credentials_reply(&assignment, flavor, now, remember)
+                        .await
                 }
             }
             Route::Passthrough(path) => {
@@ -320,15 +331,34 @@ impl Imds {
         assignment: &Assignment,
         flavor: Flavor,
         now: SystemTime,
+        remember: Remembrance<'_>,
     ) -> Reply {
         let request = role_request(assignment);
-        match self.credentials.get(&request, now).await {
-            Ok(credentials) => {
-                let account = (flavor == Flavor::Extended).then(|| assignment.role.arn.account());
-                Reply::new(document::credentials(&credentials, account))
-            }
-            Err(error) => Reply::status(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+        let held = match self.credentials.get_held(&request, now).await {
+            Ok(held) => held,
+            Err(error) => return Reply::status(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+        };
+        let account = (flavor == Flavor::Extended).then(|| assignment.role.arn.account());
+        let body = document::credentials_body(&held.credentials, account);
+        let mut reply = Reply::new(document::text(body.clone()));
+        // Only addresses of the Docker index: a static mapping's stand-in
+        // can change without the index's generation moving.
+        let from_index = self
+            .index
+            .get(remember.caller)
+            .is_some_and(|c| Arc::ptr_eq(&c, remember.container));
+        if from_index {
+            reply.remember = Some(Box::new(remembered::Answer {
+                path: remember.path.into(),
+                config: remember.config.clone(),
+                index_generation: remember.index_generation,
+                container: remember.container.clone(),
+                role: assignment.role.clone(),
+                credentials: held,
+                body: Bytes::copy_from_slice(&body),
+            }));
         }
+        reply
     }
 
     async fn passthrough(&self, method: &Method, path: &str, now: SystemTime) -> Reply {
@@ -355,6 +385,21 @@ impl Imds {
             Err(error) => Reply::status(StatusCode::BAD_GATEWAY, error.to_string()),
         }
     }
+}
+
+/// What a credentials answer was computed from, beyond the assignment.
+struct Remembrance<'a> {
+    path: &'a str,
+    config: &'a Arc<Config>,
+    index_generation: u64,
+    caller: IpAddr,
+    container: &'a Arc<Container>,
+}
+
+fn unix_seconds(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// At most this many prefetches run at once, so that a host starting many
