@@ -148,6 +148,8 @@ class HttpResult:
     error: str | None = None
     ms: float = 0.0
     sent_at: float = 0.0
+    # The caller's port, for requests sent on one keep-alive connection.
+    local_port: int | None = None
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -791,6 +793,27 @@ class Run:
             hr = HttpResult(r.get("method", "RAW"), url, r["headers"], out.get("status"),
                             out.get("headers", []), out.get("body", ""), out.get("error"),
                             out.get("ms", 0.0), out.get("sent_at", 0.0))
+            self._collect_secrets_from_body(hr.body)
+            results.append(hr)
+        return results
+
+    def keepalive(self, c: Container, steps: list[dict], timeout: float = 10) -> list[HttpResult]:
+        """Requests from inside `c`'s netns on one keep-alive connection, as SDKs send
+        them (see netns_http.keepalive: a step may pause until a file exists). Each
+        result's `local_port` is the connection's, to show it stayed the same."""
+        spec = [{"host": IMDS_IP, "port": 80, "timeout": timeout, "steps": steps}]
+        env = dict(self.client_env(), E2E_HTTP_REQUESTS=json.dumps(spec))
+        cp = self.in_netns(c, [sys.executable, str(NETNS_HTTP)],
+                           timeout=timeout * (len(steps) + 2) + 10, env=env)
+        if cp.returncode != 0:
+            raise RuntimeError(f"netns_http failed rc={cp.returncode}: {cp.stderr}")
+        requests = [s for s in steps if "wait_for" not in s]
+        results = []
+        for step, out in zip(requests, json.loads(cp.stdout)):
+            hr = HttpResult(step["method"], f"http://{IMDS_IP}:80{step['path']}",
+                            step.get("headers", {}), out.get("status"), out.get("headers", []),
+                            out.get("body", ""), out.get("error"), out.get("ms", 0.0),
+                            out.get("sent_at", 0.0), out.get("local_port"))
             self._collect_secrets_from_body(hr.body)
             results.append(hr)
         return results

@@ -5,6 +5,8 @@ port, path, headers, timeout), sends each on its own connection with
 http.client (paths are sent exactly as given, no normalisation), and prints a
 JSON list of results: status, headers (list of pairs), body, error, ms, sent_at.
 A request with a "raw" string sends those bytes verbatim instead (see raw()).
+A request with "steps" sends them all on one keep-alive connection, as SDKs
+do (see keepalive()).
 With env E2E_HOLD it is a slow-loris caller instead (see hold()).
 Standard library only.
 """
@@ -72,6 +74,42 @@ def raw(r):
     return out
 
 
+def keepalive(r):
+    """Send r["steps"] (each: method, path, headers) on one HTTP/1.1 connection,
+    in order. A step {"signal": PATH, "wait_for": PATH} writes the first file
+    and waits (at most the timeout) for the second, so the test can change the
+    proxy between requests of the same connection. Returns one result per
+    request step, with "local_port" telling that the connection stayed the same."""
+    results = []
+    conn = http.client.HTTPConnection(r["host"], r["port"], timeout=r.get("timeout", 5))
+    try:
+        for step in r["steps"]:
+            if "wait_for" in step:
+                with open(step["signal"], "w") as f:
+                    f.write("waiting\n")
+                deadline = time.monotonic() + r.get("timeout", 5)
+                while not os.path.exists(step["wait_for"]) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                continue
+            out = {"status": None, "headers": [], "body": "", "error": None}
+            t0 = time.monotonic()
+            out["sent_at"] = time.time()
+            try:
+                conn.request(step["method"], step["path"], headers=step.get("headers", {}))
+                resp = conn.getresponse()
+                out["status"] = resp.status
+                out["headers"] = [[k, v] for k, v in resp.getheaders()]
+                out["body"] = resp.read().decode("utf-8", "replace")
+                out["local_port"] = conn.sock.getsockname()[1] if conn.sock else None
+            except Exception as e:  # report, do not crash: the caller asserts
+                out["error"] = f"{type(e).__name__}: {e}"
+            out["ms"] = (time.monotonic() - t0) * 1000
+            results.append(out)
+    finally:
+        conn.close()
+    return results
+
+
 def hold(spec):
     """Slow-loris caller: open `count` connections, send an unfinished request
     head on each, keep them open up to `seconds`, and report how many the server
@@ -115,6 +153,9 @@ def main():
         hold(json.loads(os.environ["E2E_HOLD"]))
         return
     reqs = json.loads(os.environ["E2E_HTTP_REQUESTS"])
+    if len(reqs) == 1 and "steps" in reqs[0]:
+        json.dump(keepalive(reqs[0]), sys.stdout)
+        return
     json.dump([raw(r) if "raw" in r else one(r) for r in reqs], sys.stdout)
 
 

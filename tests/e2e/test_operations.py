@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 import urllib.request
@@ -171,3 +172,69 @@ def test_without_an_upstream_sdks_still_get_roles_and_basic_metadata(e2e, make_c
     assert iid.status == 200 and iid.body.startswith("i-"), run.context(iid)
     assert region.status == 200 and region.body, run.context(region)
     assert host_creds.status == 404 and ident.status == 404, run.context(host_creds, ident)
+
+
+def test_an_open_connection_follows_an_alias_remapped_live(e2e, make_container):
+    """SDKs keep their metadata connection open and ask for the same credentials
+    again and again, which the proxy answers from the connection's memory. An
+    operator's remap of the alias must still reach that open connection at its
+    next request: the old role's path is 404 and the listing names the new role,
+    with no reconnect. Every answer is logged with its container and alias."""
+    run, proxy = e2e.run, e2e.proxy
+    new_role = "e2e-role-remapped"
+    new_arn = run.moto.create_role(new_role)
+    c = make_container("keepalive", alias="b")
+    old_role = e2e.role_of["b"]
+    original = dict(proxy.config)
+    paused, go = run.tmp / f"keepalive-{c.name}.paused", run.tmp / f"keepalive-{c.name}.go"
+    tok = run.request(c, "PUT", "/latest/api/token", {TTL_HEADER: "600"}).body
+    h = {TOKEN_HEADER: tok}
+    steps = ([dict(method="GET", path=CREDS_PATH, headers=h)]
+             + [dict(method="GET", path=CREDS_PATH + old_role, headers=h)] * 4
+             + [dict(signal=str(paused), wait_for=str(go))]
+             + [dict(method="GET", path=CREDS_PATH + old_role, headers=h),
+                dict(method="GET", path=CREDS_PATH, headers=h),
+                dict(method="GET", path=CREDS_PATH + new_role, headers=h),
+                dict(method="GET", path=CREDS_PATH + new_role, headers=h)])
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(run.keepalive, c, steps, 20)
+        try:
+            deadline = time.monotonic() + 20
+            while not paused.exists() and time.monotonic() < deadline and not asked.done():
+                time.sleep(0.05)
+            assert paused.exists(), "the keep-alive client never reached its pause" + e2e.ctx()
+            remapped = json.loads(json.dumps(original))
+            remapped["aliasToARN"]["b"] = new_arn
+            proxy.rewrite_config(remapped)
+            other = make_container("keepalive-probe", alias="b")
+            ok, seen = _wait_listing(e2e, other, 200, new_role, seconds=10)
+            assert ok, "the remap was not picked up within 10 s" + e2e.ctx(*seen[-2:])
+            go.write_text("go\n")
+            results = asked.result(timeout=60)
+        finally:
+            go.write_text("go\n")
+            proxy.rewrite_config(original)
+            proxy.reload()
+    assert len(results) == 9 and len({r.local_port for r in results}) == 1, \
+        f"all requests on one connection, from ports {[r.local_port for r in results]}"
+    listing, *before, after_old, after_listing, after_new, again = results
+    assert listing.status == 200 and listing.body == old_role, e2e.ctx(listing)
+    assert all(r.status == 200 for r in before), e2e.ctx(*before)
+    assert len({r.body for r in before}) == 1, "the same credentials while nothing changed"
+    assert after_old.status == 404, "the old role after the remap" + e2e.ctx(after_old)
+    assert after_listing.status == 200 and after_listing.body == new_role, e2e.ctx(after_listing)
+    assert after_new.status == 200 and again.body == after_new.body, e2e.ctx(after_new, again)
+    key = json.loads(after_new.body)["AccessKeyId"]
+    assert key != json.loads(before[0].body)["AccessKeyId"], "the new role's own credentials"
+    for r in results:
+        rid = r.header("x-request-id")
+        assert proxy.wait_log(f"response id={rid}", timeout=2), e2e.ctx(r)
+        lines = proxy.log_text().splitlines()
+        asked = next(i for i, l in enumerate(lines) if f"request id={rid}" in l)
+        answered = next(i for i, l in enumerate(lines) if f"response id={rid}" in l)
+        assert asked < answered, "the request line comes first"
+        assert f"path={r.url.split(':80', 1)[1]}" in lines[asked], lines[asked]
+        assert f"container={c.name}" in lines[answered] and "alias=b" in lines[answered], \
+            lines[answered]
+    ok, seen = _wait_listing(e2e, c, 200, old_role, seconds=10)
+    assert ok, "alias b back on its own role after the config was restored" + e2e.ctx(*seen[-2:])
