@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::imds::remembered::Remembered;
 use crate::imds::Imds;
-use crate::logging::{RequestLine, ResponseLine};
+use crate::logging::{self, RequestLine, ResponseLine};
 use crate::metrics::metrics;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -203,13 +203,12 @@ async fn handle(
         Some(path) => Cow::Borrowed(path),
         None => Cow::Owned(parts.uri.to_string()),
     };
-    RequestLine {
+    let request_line = RequestLine {
         id,
         remote: &peer.ip_text,
         method,
         path: &path,
-    }
-    .log();
+    };
     let now = SystemTime::now();
     if let Some(mut hit) = peer.imds.remembered(&peer.remembered, peer.ip, &parts, now) {
         let mut response = hit.take_response();
@@ -219,9 +218,11 @@ async fn handle(
             route: "credentials",
             reason: None,
         }
-        .finish(&mut response, id, started);
+        .finish(&mut response, id, started, Some(&request_line));
         return Ok(response);
     }
+    // Logged before the answer is worked out, which may wait on STS or Docker.
+    request_line.log();
     let mut reply = peer.imds.respond(peer.ip, &parts, now).await;
     peer.remembered.keep(&mut reply);
     let mut response = reply.response;
@@ -231,7 +232,7 @@ async fn handle(
         route: reply.route,
         reason: reply.reason.as_deref(),
     }
-    .finish(&mut response, id, started);
+    .finish(&mut response, id, started, None);
     Ok(response)
 }
 
@@ -244,24 +245,33 @@ struct Answered<'a> {
 }
 
 impl Answered<'_> {
-    /// Tags `response` with the request ID, logs the response line and
-    /// counts the request.
-    fn finish(self, response: &mut Response<Full<Bytes>>, id: &str, started: Instant) {
+    /// Tags `response` with the request ID, logs the response line (after
+    /// `request`, when its line is still to be logged) and counts the request.
+    fn finish(
+        self,
+        response: &mut Response<Full<Bytes>>,
+        id: &str,
+        started: Instant,
+        request: Option<&RequestLine<'_>>,
+    ) {
         response.headers_mut().insert(
             REQUEST_ID_NAME,
             HeaderValue::from_str(id).expect("a UUID is a header value"),
         );
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
-        ResponseLine {
+        let response_line = ResponseLine {
             id,
             status,
             container: self.container,
             alias: self.alias,
             elapsed,
             reason: self.reason,
+        };
+        match request {
+            Some(request) => logging::log_both(request, &response_line),
+            None => response_line.log(),
         }
-        .log();
         metrics().count_request(self.route, status, self.alias, elapsed.as_secs_f64());
     }
 }
