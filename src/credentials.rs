@@ -173,7 +173,7 @@ impl Held {
             return false;
         }
         self.slot.touch(now);
-        metrics().count_cache_hit();
+        metrics().cache_hits.inc();
         true
     }
 }
@@ -303,7 +303,7 @@ impl CredentialCache {
         let generation = slot.generation.load(Ordering::Acquire);
         let (credentials, generation) = match slot.current.load_full() {
             Some(current) if !expires_within(current.expiration, timing.min_left, now) => {
-                metrics().count_cache_hit();
+                metrics().cache_hits.inc();
                 (current, generation)
             }
             _ => {

@@ -130,8 +130,8 @@ thread_local! {
     static LOCAL: RefCell<Local> = RefCell::new(Local::default());
 }
 
-/// Renders one line (or lines joined by newlines) with
-/// `render(timestamp, line)` into this thread's buffer and queues it.
+/// Renders one line with `render(timestamp, line)` into this thread's
+/// buffer and queues it.
 fn push_line(queue: &Queue, render: impl Fn(&str, &mut Vec<u8>)) {
     let render_and_push = |local: &mut Local| {
         local.line.clear();
@@ -521,23 +521,6 @@ impl FixedLine for ResponseLine<'_> {
             ("reason", Value::from(self.reason.unwrap_or_default())),
         ];
         f(&fields[..if self.reason.is_some() { 6 } else { 5 }])
-    }
-}
-
-/// Logs a request's line and its response's line together, for an answer
-/// given at once: with text output, one append to the shared queue instead
-/// of two (each append takes the lock that every worker thread takes).
-pub fn log_both(request: &RequestLine<'_>, response: &ResponseLine<'_>) {
-    match DIRECT.get() {
-        Some(direct) if direct.request_lines => push_line(direct.queue, |timestamp, line| {
-            request.push_text(timestamp, line);
-            line.push(b'\n');
-            response.push_text(timestamp, line);
-        }),
-        _ => {
-            request.log();
-            response.log();
-        }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -16,10 +16,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 
@@ -33,15 +32,12 @@ pub struct Metrics {
     pub latency: HistogramVec,
     pub sts_calls: IntCounterVec,
     pub cache: IntCounterVec,
-    /// `cache{result="hit"}` and `{result="miss"}`, resolved once; hits
-    /// are counted per thread with [`Metrics::count_cache_hit`].
-    cache_hits: IntCounter,
+    /// `cache{result="hit"}` and `{result="miss"}`, resolved once.
+    pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub containers: IntGauge,
     pub reloads: IntCounterVec,
     pub event_stream_reconnects: IntCounter,
-    /// Every live thread's shard of the per-request counts.
-    shards: Mutex<Vec<Arc<Mutex<Shard>>>>,
 }
 
 impl Metrics {
@@ -114,22 +110,26 @@ impl Metrics {
             containers,
             reloads,
             event_stream_reconnects,
-            shards: Mutex::new(Vec::new()),
         }
     }
 
-    /// Counts one answered request and its latency, in this thread's shard.
+    /// Counts one answered request and its latency. The labelled children
+    /// are looked up in a small per-thread cache first, which spares the
+    /// per-request hashing and the shared lock of `with_label_values`.
     pub fn count_request(&self, route: &'static str, status: u16, alias: &str, seconds: f64) {
-        let counted = self.with_shard(|shard| {
-            let entry = match shard.routes.iter().position(|c| c.route == route) {
-                Some(i) => &mut shard.routes[i],
+        let counted = REQUEST_CHILDREN.with(|children| {
+            let Ok(mut children) = children.try_borrow_mut() else {
+                return false;
+            };
+            let entry = match children.iter().position(|c| c.route == route) {
+                Some(i) => &mut children[i],
                 None => {
-                    shard.routes.push(RouteShard {
+                    children.push(RouteChildren {
                         route,
-                        latency: self.latency.with_label_values(&[route]).local(),
+                        latency: self.latency.with_label_values(&[route]),
                         requests: Vec::new(),
                     });
-                    shard.routes.last_mut().expect("just pushed")
+                    children.last_mut().expect("just pushed")
                 }
             };
             entry.latency.observe(seconds);
@@ -139,17 +139,17 @@ impl Metrics {
                 .find(|(s, a, _)| *s == status && &**a == alias)
             {
                 Some((_, _, counter)) => counter.inc(),
-                // Bounded: past this, a thread counts the rare combinations
-                // straight into the shared counter.
-                None if entry.requests.len() >= CACHED_PER_ROUTE => {
-                    self.request_counter(route, status, alias).inc()
-                }
                 None => {
-                    let counter = self.request_counter(route, status, alias).local();
+                    let counter = self.request_counter(route, status, alias);
                     counter.inc();
-                    entry.requests.push((status, alias.into(), counter));
+                    // Bounded: past this, a thread counts the rare
+                    // combinations without caching them.
+                    if entry.requests.len() < CACHED_PER_ROUTE {
+                        entry.requests.push((status, alias.into(), counter));
+                    }
                 }
             }
+            true
         });
         if !counted {
             self.latency.with_label_values(&[route]).observe(seconds);
@@ -157,48 +157,13 @@ impl Metrics {
         }
     }
 
-    /// Counts a credential lookup answered from the cache.
-    pub fn count_cache_hit(&self) {
-        let counted = self.with_shard(|shard| {
-            shard
-                .cache_hits
-                .get_or_insert_with(|| self.cache_hits.local())
-                .inc()
-        });
-        if !counted {
-            self.cache_hits.inc();
-        }
-    }
-
-    /// Runs `count` on this thread's shard; false when there is none to use
-    /// (the thread is exiting, or a scrape is flushing it right now).
-    fn with_shard(&self, count: impl FnOnce(&mut Shard)) -> bool {
-        SHARD
-            .try_with(|shard| match shard.0.try_lock() {
-                Ok(mut shard) => {
-                    count(&mut shard);
-                    true
-                }
-                Err(_) => false,
-            })
-            .unwrap_or(false)
-    }
-
     fn request_counter(&self, route: &str, status: u16, alias: &str) -> IntCounter {
         self.requests
             .with_label_values(&[route, &status.to_string(), alias])
     }
 
-    /// The text exposition format, with every thread's counts so far.
+    /// The text exposition format.
     pub fn render(&self) -> String {
-        for shard in self
-            .shards
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            shard.lock().unwrap_or_else(PoisonError::into_inner).flush();
-        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -207,74 +172,19 @@ impl Metrics {
     }
 }
 
-/// (status, alias) combinations each thread keeps per route kind.
+/// (status, alias) combinations each thread caches per route kind.
 const CACHED_PER_ROUTE: usize = 64;
 
-/// One thread's counts since the last scrape. Counting a request is plain
-/// arithmetic on memory only this thread writes, behind a lock that only a
-/// scrape also takes: the shared counters and histograms (atomics that every
-/// request of every thread wrote before) move a cache line between cores on
-/// each request. A scrape flushes every shard first, so what it shows is
-/// exact.
-#[derive(Default)]
-struct Shard {
-    routes: Vec<RouteShard>,
-    cache_hits: Option<LocalIntCounter>,
-}
-
-/// One route kind's counts in a shard.
-struct RouteShard {
+/// One route kind's metric children, as one thread has met them.
+struct RouteChildren {
     route: &'static str,
-    latency: LocalHistogram,
-    requests: Vec<(u16, Box<str>, LocalIntCounter)>,
-}
-
-impl Shard {
-    fn flush(&mut self) {
-        for route in &self.routes {
-            route.latency.flush();
-            for (_, _, counter) in &route.requests {
-                counter.flush();
-            }
-        }
-        if let Some(hits) = &self.cache_hits {
-            hits.flush();
-        }
-    }
-}
-
-/// A thread's shard, registered with the metrics while the thread lives.
-/// When the thread exits, its counts are flushed and the shard let go.
-struct ThreadShard(Arc<Mutex<Shard>>);
-
-impl ThreadShard {
-    fn register() -> ThreadShard {
-        let shard = Arc::new(Mutex::new(Shard::default()));
-        metrics()
-            .shards
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(shard.clone());
-        ThreadShard(shard)
-    }
-}
-
-impl Drop for ThreadShard {
-    fn drop(&mut self) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .flush();
-        metrics()
-            .shards
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|shard| !Arc::ptr_eq(shard, &self.0));
-    }
+    latency: Histogram,
+    requests: Vec<(u16, Box<str>, IntCounter)>,
 }
 
 thread_local! {
-    static SHARD: ThreadShard = ThreadShard::register();
+    static REQUEST_CHILDREN: std::cell::RefCell<Vec<RouteChildren>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The process's metrics: like the logger, one per process.
@@ -367,92 +277,4 @@ async fn answer(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok(response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Barrier;
-
-    /// The value of the sample named `name` (with its labels) in `text`.
-    fn sample(text: &str, name: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-    }
-
-    /// Counts `each` requests on each of `threads` threads, calls `scrape`
-    /// while they are all alive, and returns their shards once they exited.
-    fn count_on_threads(
-        route: &'static str,
-        threads: usize,
-        each: usize,
-        scrape: impl FnOnce(),
-    ) -> Vec<std::sync::Weak<Mutex<Shard>>> {
-        let counted = Arc::new(Barrier::new(threads + 1));
-        let scraped = Arc::new(Barrier::new(threads + 1));
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let (counted, scraped) = (counted.clone(), scraped.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..each {
-                        metrics().count_request(route, 200, "shard-alias", 0.0002);
-                    }
-                    counted.wait();
-                    scraped.wait();
-                    SHARD.with(|shard| Arc::downgrade(&shard.0))
-                })
-            })
-            .collect();
-        counted.wait();
-        scrape();
-        scraped.wait();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    }
-
-    #[test]
-    fn a_scrape_sees_every_live_threads_counts() {
-        let _ = count_on_threads("shard-live", 4, 250, || {
-            let text = metrics().render();
-            assert_eq!(
-                sample(
-                    &text,
-                    r#"ec2metaproxy_requests_total{alias="shard-alias",route="shard-live",status="200"}"#
-                ),
-                Some(1000.0),
-                "{text}"
-            );
-            assert_eq!(
-                sample(
-                    &text,
-                    r#"ec2metaproxy_request_duration_seconds_bucket{route="shard-live",le="0.00025"}"#
-                ),
-                Some(1000.0)
-            );
-            assert_eq!(
-                sample(
-                    &text,
-                    r#"ec2metaproxy_request_duration_seconds_count{route="shard-live"}"#
-                ),
-                Some(1000.0)
-            );
-        });
-    }
-
-    #[test]
-    fn a_thread_that_exits_leaves_its_counts_and_no_shard() {
-        let shards = count_on_threads("shard-exited", 3, 100, || {});
-        let text = metrics().render();
-        assert_eq!(
-            sample(
-                &text,
-                r#"ec2metaproxy_requests_total{alias="shard-alias",route="shard-exited",status="200"}"#
-            ),
-            Some(300.0),
-            "{text}"
-        );
-        assert!(
-            shards.iter().all(|shard| shard.upgrade().is_none()),
-            "the exited threads' shards are let go"
-        );
-    }
 }

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::imds::remembered::Remembered;
 use crate::imds::Imds;
-use crate::logging::{self, RequestLine, ResponseLine};
+use crate::logging::{RequestLine, ResponseLine};
 use crate::metrics::metrics;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -203,12 +203,13 @@ async fn handle(
         Some(path) => Cow::Borrowed(path),
         None => Cow::Owned(parts.uri.to_string()),
     };
-    let request_line = RequestLine {
+    RequestLine {
         id,
         remote: &peer.ip_text,
         method,
         path: &path,
-    };
+    }
+    .log();
     let now = SystemTime::now();
     if let Some(mut hit) = peer.imds.remembered(&peer.remembered, peer.ip, &parts, now) {
         let mut response = hit.take_response();
@@ -218,11 +219,9 @@ async fn handle(
             route: "credentials",
             reason: None,
         }
-        .finish(&mut response, id, started, Some(&request_line));
+        .finish(&mut response, id, started);
         return Ok(response);
     }
-    // Logged before the answer is worked out, which may wait on STS or Docker.
-    request_line.log();
     let mut reply = peer.imds.respond(peer.ip, &parts, now).await;
     peer.remembered.keep(&mut reply);
     let mut response = reply.response;
@@ -232,7 +231,7 @@ async fn handle(
         route: reply.route,
         reason: reply.reason.as_deref(),
     }
-    .finish(&mut response, id, started, None);
+    .finish(&mut response, id, started);
     Ok(response)
 }
 
@@ -245,33 +244,24 @@ struct Answered<'a> {
 }
 
 impl Answered<'_> {
-    /// Tags `response` with the request ID, logs the response line (after
-    /// `request`, when its line is still to be logged) and counts the request.
-    fn finish(
-        self,
-        response: &mut Response<Full<Bytes>>,
-        id: &str,
-        started: Instant,
-        request: Option<&RequestLine<'_>>,
-    ) {
+    /// Tags `response` with the request ID, logs the response line and
+    /// counts the request.
+    fn finish(self, response: &mut Response<Full<Bytes>>, id: &str, started: Instant) {
         response.headers_mut().insert(
             REQUEST_ID_NAME,
             HeaderValue::from_str(id).expect("a UUID is a header value"),
         );
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
-        let response_line = ResponseLine {
+        ResponseLine {
             id,
             status,
             container: self.container,
             alias: self.alias,
             elapsed,
             reason: self.reason,
-        };
-        match request {
-            Some(request) => logging::log_both(request, &response_line),
-            None => response_line.log(),
         }
+        .log();
         metrics().count_request(self.route, status, self.alias, elapsed.as_secs_f64());
     }
 }
