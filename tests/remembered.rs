@@ -5,24 +5,22 @@
 
 use std::net::IpAddr;
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use http_body_util::BodyExt;
 
 use ec2metaproxy::config::Config;
 use ec2metaproxy::credentials::{CredentialCache, Timing};
-use ec2metaproxy::docker::{
-    Container, ContainerIndex, ContainerSource, EventStream, PlatformError, Process,
-};
+use ec2metaproxy::docker::{ContainerIndex, Process};
 use ec2metaproxy::imds::remembered::Remembered;
 use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::{Imds, TOKEN_HEADER, TTL_HEADER};
 use ec2metaproxy::process::ProcessWatch;
 
 use crate::raw::{container, now, FakeSts};
+use crate::reuse::SilentDocker;
 
 const ADDRESS: &str = "10.78.0.2";
 const UNKNOWN: &str = "10.78.0.99";
@@ -31,29 +29,6 @@ const EXTENDED: &str = "/latest/meta-data/iam/security-credentials-extended/Web"
 
 const CONFIG: &str = r#"{"aliasToARN": {"web": "arn:aws:iam::111111111111:role/Web"},
     "defaultAlias": "web", "metadataURL": null}"#;
-
-/// A Docker whose list the test rewrites; it sends no events, so the index
-/// changes only when it lists again.
-struct ListedDocker {
-    running: Mutex<Vec<Container>>,
-}
-
-#[async_trait]
-impl ContainerSource for ListedDocker {
-    async fn list(&self) -> Result<Vec<Container>, PlatformError> {
-        Ok(self.running.lock().unwrap().clone())
-    }
-    async fn inspect(&self, id: &str) -> Result<Option<Container>, PlatformError> {
-        let running = self.running.lock().unwrap();
-        Ok(running.iter().find(|c| c.id == id).cloned())
-    }
-    fn events(&self) -> EventStream {
-        Box::pin(futures_util::stream::pending())
-    }
-    fn describe(&self) -> String {
-        "listed Docker".into()
-    }
-}
 
 /// Where an answer came from.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -72,7 +47,7 @@ struct Answer {
 
 struct Host {
     config: Arc<ArcSwap<Config>>,
-    docker: Arc<ListedDocker>,
+    docker: Arc<SilentDocker>,
     index: Arc<ContainerIndex>,
     credentials: Arc<CredentialCache>,
     sts: Arc<FakeSts>,
@@ -89,15 +64,7 @@ impl Host {
         let watch = ProcessWatch::unchecked(process.id() as i32).unwrap();
         let web = container("web", ADDRESS, &[("ec2metaproxy.RoleAlias", "web")])
             .with_process(Process::Watched(Arc::new(watch)));
-        let docker = Arc::new(ListedDocker {
-            running: Mutex::new(vec![web]),
-        });
-        let index = ContainerIndex::watch(docker.clone());
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !index.is_synced() {
-            assert!(Instant::now() < deadline, "index never synced");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let (docker, index) = SilentDocker::indexed(vec![web]).await;
         let sts = Arc::new(FakeSts::default());
         let credentials = Arc::new(CredentialCache::new(
             sts.clone(),

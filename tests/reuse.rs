@@ -27,8 +27,26 @@ const ADDRESS: &str = "10.77.0.2";
 
 /// A Docker whose list the test rewrites and which sends no events, as
 /// when its event stream lags behind.
-struct SilentDocker {
-    running: Mutex<Vec<Container>>,
+pub(crate) struct SilentDocker {
+    pub(crate) running: Mutex<Vec<Container>>,
+}
+
+impl SilentDocker {
+    /// A Docker running `containers`, and an index of them, synced.
+    pub(crate) async fn indexed(
+        containers: Vec<Container>,
+    ) -> (Arc<SilentDocker>, Arc<ContainerIndex>) {
+        let docker = Arc::new(SilentDocker {
+            running: Mutex::new(containers),
+        });
+        let index = ContainerIndex::watch(docker.clone());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !index.is_synced() {
+            assert!(Instant::now() < deadline, "index never synced");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (docker, index)
+    }
 }
 
 #[async_trait]
@@ -62,9 +80,7 @@ impl Host {
         let watch = ProcessWatch::unchecked(process.id() as i32).unwrap();
         let old = container("old", ADDRESS, &[("ec2metaproxy.RoleAlias", "web")])
             .with_process(Process::Watched(Arc::new(watch)));
-        let docker = Arc::new(SilentDocker {
-            running: Mutex::new(vec![old]),
-        });
+        let (docker, index) = SilentDocker::indexed(vec![old]).await;
         let config = Config::parse(
             r#"{"aliasToARN": {"web": "arn:aws:iam::111111111111:role/Web",
                                "batch": "arn:aws:iam::111111111111:role/Batch"},
@@ -72,12 +88,6 @@ impl Host {
             "test.json",
         )
         .unwrap();
-        let index = ContainerIndex::watch(docker.clone());
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !index.is_synced() {
-            assert!(Instant::now() < deadline, "index never synced");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
         let credentials = Arc::new(CredentialCache::new(
             Arc::new(FakeSts::default()),
             Timing::for_duration(Duration::from_secs(3600)),
