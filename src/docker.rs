@@ -258,7 +258,6 @@ impl ContainerIndex {
         index
     }
 
-    /// The container at `ip` as of the last change seen. The hot path.
     /// Changes whenever any address's container may have changed. Read it
     /// before [`get`](Self::get): a later equal value means that lookup
     /// would still find the same container.
@@ -266,6 +265,7 @@ impl ContainerIndex {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// The container at `ip` as of the last change seen. The hot path.
     pub fn get(&self, ip: IpAddr) -> Option<Arc<Container>> {
         self.by_ip.load().get(&ip).cloned()
     }
