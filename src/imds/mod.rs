@@ -37,9 +37,9 @@ use upstream::Upstream;
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 // Parsed once: a lookup by `&str` parses and hashes the name every time.
-pub(crate) const TOKEN_NAME: HeaderName = HeaderName::from_static(TOKEN_HEADER);
+const TOKEN_NAME: HeaderName = HeaderName::from_static(TOKEN_HEADER);
 const TTL_NAME: HeaderName = HeaderName::from_static(TTL_HEADER);
-pub(crate) const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// A response and what the response log line says about it.
 pub struct Reply {
@@ -177,27 +177,8 @@ impl Imds {
         let index_generation = self.index.generation();
         let container = self.holder_of(caller).await;
         let holder = Holder::new(caller, container.as_deref().map(|c| c.id.as_str()));
-        match headers.get(&TOKEN_NAME) {
-            Some(token) => {
-                // A 401 here would send Go and JS clients to fetch a new token,
-                // which is refused too: a loop. 403 ends it.
-                if headers.contains_key(&FORWARDED_FOR) {
-                    return Reply::status(
-                        StatusCode::FORBIDDEN,
-                        "token request carries X-Forwarded-For",
-                    );
-                }
-                if !self.tokens.is_valid(token.as_bytes(), holder, unix_now) {
-                    return Reply::status(StatusCode::UNAUTHORIZED, "invalid or expired token");
-                }
-            }
-            None if config.require_token => {
-                return Reply::status(
-                    StatusCode::UNAUTHORIZED,
-                    "IMDSv1 refused: requireToken is set",
-                )
-            }
-            None => {}
+        if let Some((status, why)) = self.token_refusal(headers, holder, config, unix_now) {
+            return Reply::status(status, why);
         }
 
         let Some(container) = container else {
@@ -243,6 +224,35 @@ impl Imds {
             Route::Token { .. } | Route::NotFound => unreachable!("answered above"),
         };
         reply.with(&container, Some(role))
+    }
+
+    /// Why a GET from `holder` is refused for its token (or the lack of
+    /// one), if it is. The one token rule for `respond` and for a
+    /// remembered answer alike.
+    fn token_refusal(
+        &self,
+        headers: &http::HeaderMap,
+        holder: Holder<'_>,
+        config: &Config,
+        unix_now: u64,
+    ) -> Option<(StatusCode, &'static str)> {
+        match headers.get(&TOKEN_NAME) {
+            // A 401 here would send Go and JS clients to fetch a new token,
+            // which is refused too: a loop. 403 ends it.
+            Some(_) if headers.contains_key(&FORWARDED_FOR) => Some((
+                StatusCode::FORBIDDEN,
+                "token request carries X-Forwarded-For",
+            )),
+            Some(token) if !self.tokens.is_valid(token.as_bytes(), holder, unix_now) => {
+                Some((StatusCode::UNAUTHORIZED, "invalid or expired token"))
+            }
+            Some(_) => None,
+            None if config.require_token => Some((
+                StatusCode::UNAUTHORIZED,
+                "IMDSv1 refused: requireToken is set",
+            )),
+            None => None,
+        }
     }
 
     /// The container that holds `caller`'s address now: Docker first, then

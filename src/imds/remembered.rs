@@ -31,7 +31,7 @@ use http::{Method, Response};
 use http_body_util::Full;
 
 use super::token::Holder;
-use super::{document, Imds, Reply, FORWARDED_FOR, TOKEN_NAME};
+use super::{document, Imds, Reply};
 use crate::config::Config;
 use crate::credentials::Held;
 use crate::docker::Container;
@@ -117,19 +117,13 @@ impl Imds {
         {
             return None;
         }
-        let headers = &request.headers;
-        match headers.get(&TOKEN_NAME) {
-            Some(token) => {
-                let unix_now = super::unix_seconds(now);
-                let holder = Holder::new(caller, Some(&answer.container.id));
-                if headers.contains_key(&FORWARDED_FOR)
-                    || !self.tokens.is_valid(token.as_bytes(), holder, unix_now)
-                {
-                    return None;
-                }
-            }
-            None if answer.config.require_token => return None,
-            None => {}
+        let holder = Holder::new(caller, Some(&answer.container.id));
+        let unix_now = super::unix_seconds(now);
+        if self
+            .token_refusal(&request.headers, holder, &answer.config, unix_now)
+            .is_some()
+        {
+            return None;
         }
         if !answer.credentials.still_answers(now) {
             return None;
