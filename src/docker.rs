@@ -18,8 +18,9 @@ use async_trait::async_trait;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::config::normalize_policy;
 use crate::process::{Opened, ProcessWatch, ProcessWatcher};
-use crate::roles::session_name;
+use crate::roles::{session_name, POLICY_LABEL};
 
 /// A container's labels, or the variables of its environment the config
 /// reads. Read on every request (the role alias), hence the fast hasher.
@@ -39,6 +40,9 @@ pub struct Container {
     pub env: StringMap,
     /// Its init process, when the kernel can tell us that it exited.
     pub process: Process,
+    /// Its `ec2metaproxy.Policy` label, parsed and normalised once here:
+    /// the request path would otherwise parse the JSON on every request.
+    pub policy_label: Option<Result<Arc<str>, String>>,
 }
 
 /// What the proxy knows of a container's init process.
@@ -56,10 +60,14 @@ impl Container {
     pub fn new(id: String, name: &str, labels: StringMap, ips: Vec<IpAddr>) -> Container {
         let name = name.trim_start_matches('/').to_string();
         let session_name = Arc::from(session_name(&name, &id));
+        let policy_label = labels
+            .get(POLICY_LABEL)
+            .map(|text| normalize_policy(&serde_json::Value::String(text.clone())));
         Container {
             id,
             name,
             labels,
+            policy_label,
             ips,
             session_name,
             env: StringMap::default(),
@@ -1249,5 +1257,25 @@ mod tests {
         let index =
             ContainerIndex::fixed(vec![container("a", "10.0.0.2"), container("b", "10.0.0.2")]);
         assert!(index.get("10.0.0.2".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn the_policy_label_is_parsed_once_when_the_container_is_indexed() {
+        let labelled = |policy: &str| {
+            let labels = StringMap::from_iter([(POLICY_LABEL.to_string(), policy.to_string())]);
+            Container::new("c".into(), "/c", labels, vec![])
+        };
+        let good = labelled(r#"{ "Statement" : [] }"#);
+        assert_eq!(
+            good.policy_label.as_ref().unwrap().as_deref(),
+            Ok(r#"{"Statement":[]}"#)
+        );
+        let bad = labelled("allow all");
+        assert!(bad
+            .policy_label
+            .unwrap()
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert_eq!(container("c", "10.0.0.2").policy_label, None);
     }
 }

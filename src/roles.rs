@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{normalize_policy, RoleMap};
+use crate::config::RoleMap;
 use crate::docker::Container;
 
 /// Label that selects an alias from the config's `aliasToARN`.
@@ -231,11 +231,8 @@ pub async fn assign(
                 .ok_or_else(|| RoleError::UnknownAlias(roles.default_alias.clone()))?,
         },
     };
-    let policy = match container.labels.get(POLICY_LABEL) {
-        Some(text) => Some(
-            normalize_policy(&serde_json::Value::String(text.clone()))
-                .map_err(RoleError::BadPolicy)?,
-        ),
+    let policy = match &container.policy_label {
+        Some(parsed) => Some(parsed.clone().map_err(RoleError::BadPolicy)?),
         None => role.policy.clone().or_else(|| roles.default_policy.clone()),
     };
     // The operator's external ID always wins: it guards the role against a
