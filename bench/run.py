@@ -935,7 +935,7 @@ def report(args, results, wall, started_at):
     anon = ((rb.get("a") or {}).get("rss_now") or {}).get("RssAnon")
     checks.append(("RSS < 20 MB at N=%d" % big,
                    "peak %s = %s (info), %s (warn); anonymous part %s"
-                   % (fmt(rss, "%.1f MiB"), fmt(rss and rss * 1.048576, "%.1f MB"), fmt(rss_warn, "%.1f MiB"),
+                   % (fmt(rss, "%.1f MiB"), fmt(rss and rss * 1.048576, "%.2f MB"), fmt(rss_warn, "%.1f MiB"),
                       fmt(anon and anon / 1024, "%.1f MiB")),
                    rss is not None and rss * 1.048576 < 20))
     for n in args.ns:
