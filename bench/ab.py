@@ -40,7 +40,23 @@ def keepalive_requests(port, ips, count):
     return ok
 
 
-def instructions(binary, tmp, sock, counter_port, ips, count, log_level, keep=None):
+def wait_idle(pid, timeout=180.0):
+    """Waits until pid uses under 5% of a core for a second: start-up work
+    (Docker inspects, prefetches) done. Under valgrind, with N=1000, that
+    takes a while; counted with the requests, it reads as 100k+ instructions
+    per request."""
+    deadline = time.monotonic() + timeout
+    before = run.cpu_seconds([pid])
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = run.cpu_seconds([pid])
+        if now - before < 0.05:
+            return True
+        before = now
+    return False
+
+
+def instructions(binary, tmp, sock, counter_port, ips, count, log_level, keep=None, n=None):
     port = run.free_port()
     config = run.write_proxy_config(tmp, port, sock)
     env = run.proxy_env(counter_port, log_level)
@@ -53,6 +69,10 @@ def instructions(binary, tmp, sock, counter_port, ips, count, log_level, keep=No
         _, first = run.timed_first_200(port, ips[0], time.monotonic(), timeout=120)
         if first is None:
             raise RuntimeError("%s never served credentials under valgrind" % binary)
+        if n:
+            run.warm(port, [run.container_ip(i) for i in range(n)])
+        if not wait_idle(proc.pid):
+            print("warning: the proxy was still busy when measuring began", file=sys.stderr)
         keepalive_requests(port, ips, 50)
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
         ok = keepalive_requests(port, ips, count)
@@ -145,7 +165,8 @@ def main():
             if not args.no_callgrind:
                 for name, binary in builds:
                     keep = args.keep and "%s.%s.%s" % (args.keep, name, level or "info")
-                    per, ok = instructions(binary, tmp, sock, counter_port, ips, args.requests, level, keep)
+                    per, ok = instructions(binary, tmp, sock, counter_port, ips, args.requests, level, keep,
+                                           args.n)
                     print("%-8s %-16s %8.0f instructions/request (callgrind, %d/%d 200s)"
                           % (name, label, per, ok, args.requests), flush=True)
             if not args.no_wrk:
