@@ -210,6 +210,21 @@ pub struct CredentialCache {
 /// The error code for an AssumeRole that got no answer from STS.
 pub const NO_RESPONSE: &str = "NoResponse";
 
+/// Keeps the slots `keep` accepts. A slot that leaves the cache has its
+/// generation bumped, so a [`Held`] of it stops answering.
+fn retain_slots(
+    slots: &mut crate::FastHashMap<RoleRequest, Arc<Slot>>,
+    mut keep: impl FnMut(&RoleRequest, &Slot) -> bool,
+) {
+    slots.retain(|request, slot| {
+        let kept = keep(request, slot);
+        if !kept {
+            slot.generation.fetch_add(1, Ordering::Release);
+        }
+        kept
+    });
+}
+
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -402,12 +417,8 @@ impl CredentialCache {
         let idle_before = unix_secs(now).saturating_sub(IDLE_DROP.as_secs());
         let due: Vec<(RoleRequest, Arc<Slot>)> = {
             let mut slots = self.slots.write().unwrap();
-            slots.retain(|_, slot| {
-                let keep = slot.last_used.load(Ordering::Relaxed) >= idle_before;
-                if !keep {
-                    slot.generation.fetch_add(1, Ordering::Release);
-                }
-                keep
+            retain_slots(&mut slots, |_, slot| {
+                slot.last_used.load(Ordering::Relaxed) >= idle_before
             });
             slots
                 .iter()
@@ -450,12 +461,8 @@ impl CredentialCache {
     /// Drops every key of a session (a container that is gone), so its
     /// credentials are never served again and never refreshed.
     pub fn forget_session(&self, session_name: &str) {
-        self.slots.write().unwrap().retain(|request, slot| {
-            let keep = &*request.session_name != session_name;
-            if !keep {
-                slot.generation.fetch_add(1, Ordering::Release);
-            }
-            keep
+        retain_slots(&mut self.slots.write().unwrap(), |request, _| {
+            &*request.session_name != session_name
         });
     }
 
