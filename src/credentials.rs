@@ -225,7 +225,8 @@ fn retain_slots(
     });
 }
 
-fn unix_secs(t: SystemTime) -> u64 {
+/// Whole seconds since the Unix epoch (0 before it).
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)

@@ -16,7 +16,7 @@ pub mod upstream;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -25,7 +25,7 @@ use http::{header, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::config::Config;
-use crate::credentials::{CredentialCache, RoleRequest};
+use crate::credentials::{unix_secs, CredentialCache, RoleRequest};
 use crate::docker::{Container, ContainerIndex, IndexChange};
 use crate::mapping::StaticMappings;
 use crate::roles::{assign, container_session, Assignment, Role, RoleArn, RoleLookup};
@@ -159,7 +159,7 @@ impl Imds {
         now: SystemTime,
     ) -> Reply {
         let headers = &request.headers;
-        let unix_now = unix_seconds(now);
+        let unix_now = unix_secs(now);
 
         if let Route::Token { version } = &route {
             if request.method != Method::PUT {
@@ -404,12 +404,6 @@ struct Remembrance<'a> {
     index_generation: u64,
     caller: IpAddr,
     container: &'a Arc<Container>,
-}
-
-fn unix_seconds(now: SystemTime) -> u64 {
-    now.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// At most this many prefetches run at once, so that a host starting many
