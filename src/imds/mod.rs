@@ -210,7 +210,6 @@ impl Imds {
                         path: request.uri.path(),
                         config,
                         index_generation,
-                        caller,
                         container: &container,
                     };
                     self.credentials_reply(&assignment, flavor, now, remember)
@@ -351,13 +350,9 @@ impl Imds {
         let account = (flavor == Flavor::Extended).then(|| assignment.role.arn.account());
         let body = document::credentials_body(&held.credentials, account);
         let mut reply = Reply::new(document::text(body.clone()));
-        // Only addresses of the Docker index: a static mapping's stand-in
+        // Only containers of the Docker index: a static mapping's stand-in
         // can change without the index's generation moving.
-        let from_index = self
-            .index
-            .get(remember.caller)
-            .is_some_and(|c| Arc::ptr_eq(&c, remember.container));
-        if from_index {
+        if !remember.container.is_stand_in() {
             reply.remember = Some(Box::new(remembered::Answer {
                 path: remember.path.into(),
                 config: remember.config.clone(),
@@ -402,7 +397,6 @@ struct Remembrance<'a> {
     path: &'a str,
     config: &'a Arc<Config>,
     index_generation: u64,
-    caller: IpAddr,
     container: &'a Arc<Container>,
 }
 
