@@ -790,12 +790,16 @@ class Run:
             url = f"http://{r['host']}:{r['port']}{r.get('path', '')}"
             if "raw" in r:
                 url += f" raw={r['raw'][:200]!r}"
-            hr = HttpResult(r.get("method", "RAW"), url, r["headers"], out.get("status"),
-                            out.get("headers", []), out.get("body", ""), out.get("error"),
-                            out.get("ms", 0.0), out.get("sent_at", 0.0))
-            self._collect_secrets_from_body(hr.body)
-            results.append(hr)
+            results.append(self._http_result(r.get("method", "RAW"), url, r["headers"], out))
         return results
+
+    def _http_result(self, method: str, url: str, headers: dict, out: dict) -> HttpResult:
+        """One of netns_http's results, its body's secrets noted for the log check."""
+        hr = HttpResult(method, url, headers, out.get("status"), out.get("headers", []),
+                        out.get("body", ""), out.get("error"), out.get("ms", 0.0),
+                        out.get("sent_at", 0.0), out.get("local_port"))
+        self._collect_secrets_from_body(hr.body)
+        return hr
 
     def keepalive(self, c: Container, steps: list[dict], timeout: float = 10) -> list[HttpResult]:
         """Requests from inside `c`'s netns on one keep-alive connection, as SDKs send
@@ -808,15 +812,9 @@ class Run:
         if cp.returncode != 0:
             raise RuntimeError(f"netns_http failed rc={cp.returncode}: {cp.stderr}")
         requests = [s for s in steps if "wait_for" not in s]
-        results = []
-        for step, out in zip(requests, json.loads(cp.stdout)):
-            hr = HttpResult(step["method"], f"http://{IMDS_IP}:80{step['path']}",
-                            step.get("headers", {}), out.get("status"), out.get("headers", []),
-                            out.get("body", ""), out.get("error"), out.get("ms", 0.0),
-                            out.get("sent_at", 0.0), out.get("local_port"))
-            self._collect_secrets_from_body(hr.body)
-            results.append(hr)
-        return results
+        return [self._http_result(step["method"], f"http://{IMDS_IP}:80{step['path']}",
+                                  step.get("headers", {}), out)
+                for step, out in zip(requests, json.loads(cp.stdout))]
 
     def request(self, c: Container, method: str, path: str, headers: dict | None = None,
                 **kw) -> HttpResult:
