@@ -39,6 +39,15 @@ pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// A request head as the server hands it to `Imds`.
+pub(crate) fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+    let mut request = http::Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(()).unwrap().into_parts().0
+}
+
 /// Issues fixed credentials for one hour from `now()`, counting calls, or
 /// fails while `fail` is set.
 pub(crate) struct FakeSts {

@@ -19,7 +19,7 @@ use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::{Imds, TOKEN_HEADER, TTL_HEADER};
 use ec2metaproxy::process::ProcessWatch;
 
-use crate::raw::{container, now, FakeSts};
+use crate::raw::{container, now, request, FakeSts};
 use crate::reuse::SilentDocker;
 
 const ADDRESS: &str = "10.78.0.2";
@@ -140,14 +140,6 @@ impl Drop for Host {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
-}
-
-fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> http::request::Parts {
-    let mut request = http::Request::builder().method(method).uri(path);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    request.body(()).unwrap().into_parts().0
 }
 
 async fn answer(response: http::Response<http_body_util::Full<bytes::Bytes>>) -> Answer {

@@ -21,7 +21,7 @@ use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::{Imds, TOKEN_HEADER, TTL_HEADER};
 use ec2metaproxy::process::ProcessWatch;
 
-use crate::raw::{container, FakeSts};
+use crate::raw::{container, request, FakeSts};
 
 const ADDRESS: &str = "10.77.0.2";
 
@@ -119,11 +119,7 @@ impl Host {
     }
 
     async fn ask(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-        let mut request = http::Request::builder().method(method).uri(path);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let parts = request.body(()).unwrap().into_parts().0;
+        let parts = request(method, path, headers);
         let caller: IpAddr = ADDRESS.parse().unwrap();
         let reply = self.imds.respond(caller, &parts, SystemTime::now()).await;
         let status = reply.response.status().as_u16();
