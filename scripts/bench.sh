@@ -81,9 +81,9 @@ if [ -z "$OHA" ] && [ -z "${BENCH_NO_OHA:-}" ]; then
     fi
 fi
 
-echo "==> cargo build --release (proxy and examples/bench_baseline.rs)"
+echo "==> cargo build --release (proxy, examples/bench_baseline.rs, examples/bench_open_loop.rs)"
 cargo build --release --quiet
-cargo build --release --quiet --example bench_baseline
+cargo build --release --quiet --example bench_baseline --example bench_open_loop
 mkdir -p target/bench
 gcc -O2 -shared -fPIC -o target/bench/libsrcbind.so bench/srcbind.c -ldl
 
@@ -92,6 +92,7 @@ set +e
 python3 bench/run.py \
     --proxy target/release/ec2metaproxy \
     --baseline target/release/examples/bench_baseline \
+    --open-loop target/release/examples/bench_open_loop \
     --moto-venv "$VENV/moto" \
     --shim "$PWD/target/bench/libsrcbind.so" \
     ${OHA:+--oha "$OHA"} \
