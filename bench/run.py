@@ -216,22 +216,24 @@ def cpu_seconds(pids):
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def shim_env(args, port, ips):
+    """The environment of a load generator whose connections to `port` come
+    from `ips` in turn (bench/srcbind.c)."""
+    env = dict(os.environ)
+    env.update({"LD_PRELOAD": args.shim, "SRCBIND_IPS": ",".join(ips), "SRCBIND_PORT": str(port)})
+    return env
+
+
 def run_wrk(args, port, ips, seconds, connections, pid=None):
-    env = {
-        "LD_PRELOAD": args.shim,
-        "SRCBIND_IPS": ",".join(ips),
-        "SRCBIND_PORT": str(port),
-    }
     argv = [
         args.wrk, "-t%d" % args.threads, "-c%d" % connections, "-d%ds" % seconds,
         "--timeout", "5s", "--latency", "http://127.0.0.1:%d%s" % (port, PATH),
     ]
-    full_env = dict(os.environ)
-    full_env.update(env)
     load1 = os.getloadavg()[0]
     pids = tree_pids(pid) if pid else []
     cpu0 = cpu_seconds(pids)
-    out = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=seconds + 30)
+    out = subprocess.run(argv, env=shim_env(args, port, ips), capture_output=True, text=True,
+                         timeout=seconds + 30)
     cpu = cpu_seconds(pids) - cpu0
     text = out.stdout
     result = {"tool": "wrk", "raw": text, "rps": None, "p50": None, "p99": None,
@@ -294,17 +296,15 @@ OPEN_LOOP_ROUNDS = 9
 OPEN_LOOP_SECONDS = 4
 
 
-def run_oha(args, port, ips, seconds, connections, rate, cpus=None, correct=True):
-    """Open-loop load at `rate` req/s (oha -q, with latency correction unless
-    `correct` is false), on `cpus` when given."""
-    env = dict(os.environ)
-    env.update({"LD_PRELOAD": args.shim, "SRCBIND_IPS": ",".join(ips), "SRCBIND_PORT": str(port)})
+def run_oha(args, port, ips, seconds, connections, rate, cpus=None):
+    """Open-loop load at `rate` req/s (oha -q with latency correction), on
+    `cpus` when given."""
     argv = [
         args.oha, "-z", "%ds" % seconds, "-c", str(connections), "-q", str(int(rate)),
-        *(["--latency-correction"] if correct else []), "--no-tui", "--output-format", "json",
+        "--latency-correction", "--no-tui", "--output-format", "json",
         "http://127.0.0.1:%d%s" % (port, PATH),
     ]
-    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60,
+    out = subprocess.run(argv, env=shim_env(args, port, ips), capture_output=True, text=True, timeout=seconds + 60,
                          preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     result = {"tool": "oha", "rate": rate, "rps": None, "p50": None, "p99": None, "non2xx": 0, "errors": 0}
     try:
@@ -319,8 +319,6 @@ def run_oha(args, port, ips, seconds, connections, rate, cpus=None, correct=True
         result["p50"] = pct["p50"] * 1000.0
     if pct.get("p99") is not None:
         result["p99"] = pct["p99"] * 1000.0
-    if pct.get("p99.9") is not None:
-        result["p999"] = pct["p99.9"] * 1000.0
     codes = data.get("statusCodeDistribution", {})
     result["non2xx"] = sum(v for k, v in codes.items() if not str(k).startswith("2"))
     result["errors"] = sum((data.get("errorDistribution") or {}).values())
@@ -330,10 +328,8 @@ def run_oha(args, port, ips, seconds, connections, rate, cpus=None, correct=True
 def run_open_loop(args, port, ips, seconds, connections, rate, cpus):
     """Open-loop load at `rate` req/s from examples/bench_open_loop.rs on
     `cpus`: latency counted from each request's due time, send lag reported."""
-    env = dict(os.environ)
-    env.update({"LD_PRELOAD": args.shim, "SRCBIND_IPS": ",".join(ips), "SRCBIND_PORT": str(port)})
     argv = [args.open_loop, "127.0.0.1:%d" % port, PATH, str(int(rate)), str(seconds), str(connections)]
-    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60,
+    out = subprocess.run(argv, env=shim_env(args, port, ips), capture_output=True, text=True, timeout=seconds + 60,
                          preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     result = {"tool": "bench_open_loop", "rate": rate, "rps": None, "p50": None, "p99": None,
               "non2xx": 0, "errors": 0}
