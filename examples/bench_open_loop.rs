@@ -136,10 +136,13 @@ fn run(settings: &Settings) -> std::io::Result<(Tally, u64, Duration)> {
 
     loop {
         let now = Instant::now();
-        while next < total && due_of(next) <= now {
+        while next < total {
+            let due = due_of(next);
+            if due > now {
+                break;
+            }
             let Some(c) = idle.pop_front() else { break };
             let connection = &mut connections[c];
-            let due = due_of(next);
             next += 1;
             match connection.stream.write(&request) {
                 Ok(n) if n == request.len() => {
