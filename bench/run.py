@@ -9,8 +9,9 @@ the bench/srcbind.c LD_PRELOAD shim) against:
   (a) ec2metaproxy (release build), default logging and RUST_LOG=warn
   (b) a bare hyper 1 server answering a document of the same size
   (c) lyft's metadataproxy (gunicorn, gevent workers) on the same fake Docker
-and, for (a): p99 at half of (b)'s throughput (oha -q, and pinned with
-examples/bench_open_loop.rs, the target's measure), peak RSS, time from
+and, for (a): p99 at half of (b)'s throughput (oha -q; and examples/
+bench_open_loop.rs on one core with the servers on the other, both pinned
+after start and, the target's measure, started there), peak RSS, time from
 process start to first served request, first-request latency of a container
 started during the run, and AssumeRole calls counted by bench/sts_counter.py
 in front of moto. Prints a table and writes docs/performance.md.
@@ -62,7 +63,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(name, argv, env=None, stdout=None, stderr=None, cwd=None):
+def start(name, argv, env=None, stdout=None, stderr=None, cwd=None, cpus=None):
+    """Starts a child in its own session; on `cpus` from its first
+    instruction when given, so that its runtime sizes itself to them."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     proc = subprocess.Popen(
@@ -72,6 +75,7 @@ def start(name, argv, env=None, stdout=None, stderr=None, cwd=None):
         stderr=stderr if stderr is not None else subprocess.DEVNULL,
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     proc.bench_name = name
     CHILDREN.append(proc)
@@ -344,6 +348,22 @@ def run_open_loop(args, port, ips, seconds, connections, rate, cpus):
     return result
 
 
+def open_loop_rounds(args, servers, order, ips, rate, cpus):
+    """OPEN_LOOP_ROUNDS interleaved rounds of bench_open_loop against each
+    server in `order`, each with the server's CPU time per request."""
+    runs = {k: [] for k in order}
+    for _ in range(OPEN_LOOP_ROUNDS):
+        for k in order:
+            pids = tree_pids(servers[k].proc.pid)
+            cpu0 = cpu_seconds(pids)
+            x = run_open_loop(args, servers[k].port, ips, OPEN_LOOP_SECONDS, args.connections, rate, cpus)
+            if x.get("rps"):
+                x["cpu_s"] = cpu_seconds(pids) - cpu0
+                x["requests"] = x["rps"] * OPEN_LOOP_SECONDS
+            runs[k].append(x)
+    return runs
+
+
 def median_by_p99(runs):
     """The run with the median p99, with every run's p99 beside it."""
     good = sorted((x for x in runs if x.get("p99") is not None), key=lambda x: x["p99"])
@@ -351,6 +371,9 @@ def median_by_p99(runs):
         return runs[-1] if runs else {}
     chosen = dict(good[(len(good) - 1) // 2])
     chosen["rounds_p99"] = [x.get("p99") for x in runs]
+    requests = sum(x.get("requests", 0) for x in runs)
+    if requests and all("cpu_s" in x for x in good):
+        chosen["cpu_us"] = sum(x["cpu_s"] for x in good) / requests * 1e6
     return chosen
 
 
@@ -519,7 +542,7 @@ class Server:
             os.unlink(self.log_path)  # hundreds of MB at info level
 
 
-def start_proxy(args, tmp, n, docker_sock, counter_port, load_ips, log_level):
+def start_proxy(args, tmp, n, docker_sock, counter_port, load_ips, log_level, cpus=None):
     """Starts ec2metaproxy, times its first answers and asks once from every
     container (so each has its credentials cached)."""
     port = free_port()
@@ -529,11 +552,11 @@ def start_proxy(args, tmp, n, docker_sock, counter_port, load_ips, log_level):
     label = "RUST_LOG=%s" % log_level if log_level else "default logging"
     # The log goes to a file, as it would to a log file or journald.
     os.makedirs(os.path.join(tmp, "logs"), exist_ok=True)
-    log_path = os.path.join(tmp, "logs", "proxy-n%d-%s.log" % (n, log_level or "info"))
+    log_path = os.path.join(tmp, "logs", "proxy-n%d-%s%s.log" % (n, log_level or "info", "-pinned" if cpus else ""))
     log_file = open(log_path, "wb")
     calls_before = assume_role_calls(counter_port)
     started = time.monotonic()
-    proc = start("ec2metaproxy", [args.proxy, "-c", config], env=env, stderr=log_file)
+    proc = start("ec2metaproxy", [args.proxy, "-c", config], env=env, stderr=log_file, cpus=cpus)
     if saved is not None:
         os.environ["RUST_LOG"] = saved
     first_answer, first_200 = timed_first_200(port, load_ips[0], started)
@@ -552,9 +575,9 @@ def start_proxy(args, tmp, n, docker_sock, counter_port, load_ips, log_level):
     return Server("a_warn" if log_level else "a", proc, port, info, log_path, log_file)
 
 
-def start_baseline(args, size):
+def start_baseline(args, size, cpus=None):
     port = free_port()
-    proc = start("bench_baseline", [args.baseline, "127.0.0.1:%d" % port, str(size)])
+    proc = start("bench_baseline", [args.baseline, "127.0.0.1:%d" % port, str(size)], cpus=cpus)
     wait_until("bench_baseline", lambda: get(port, PATH)[0] == 200, 10)
     return Server("b", proc, port, {"size": len(get(port, PATH)[1])})
 
@@ -651,26 +674,51 @@ def bench_n(args, tmp, n, sock, counter_port, load_ips, r):
                     x["cpus"] = cpus
                     log("%s at %.0f req/s open-loop, pinned (%s): achieved %s, p50 %s, p99 %s" % (
                         names[k], half, cpus, fmt(x.get("rps")), ms(x.get("p50")), ms(x.get("p99"))))
-                # The target's measure: oha needs most of a core at this rate
-                # and its own queue then dominates its corrected p99, so a
-                # lean open-loop generator takes the load generator's core
+                # oha needs most of a core at this rate and its own queue
+                # then dominates its corrected p99, so a lean open-loop
+                # generator takes the load generator's core
                 # (docs/performance.md), in interleaved rounds.
-                runs = {k: [] for k in order}
-                for _ in range(OPEN_LOOP_ROUNDS if args.open_loop else 0):
-                    for k in order:
-                        runs[k].append(run_open_loop(args, servers[k].port, load_ips, OPEN_LOOP_SECONDS,
-                                                     args.connections, half, load_cpus))
-                for k in order if args.open_loop else ():
-                    x = r[k]["rated_open"] = median_by_p99(runs[k])
+                runs = open_loop_rounds(args, servers, order, load_ips, half, load_cpus) if args.open_loop else {}
+                for k in runs:
+                    x = r[k]["rated_open_repinned"] = median_by_p99(runs[k])
                     x["cpus"] = cpus
-                    log("%s at %.0f req/s, pinned, bench_open_loop: p50 %s, p99 %s (rounds: %s), "
+                    log("%s at %.0f req/s, pinned after start, bench_open_loop: p50 %s, p99 %s (rounds: %s), "
                         "send lag p99 %s" % (
                             names[k], half, ms(x.get("p50")), ms(x.get("p99")),
                             ", ".join(ms(v) for v in x.get("rounds_p99", [])), ms(x.get("send_lag_p99"))))
             finally:
                 for k in order:
                     pin(servers[k].proc.pid, everything)
-        r["load_assume_role"] = assume_role_calls(counter_port) - calls0
+            r["load_assume_role"] = assume_role_calls(counter_port) - calls0
+            if args.open_loop:
+                # The target's measure: servers started on the servers' CPUs,
+                # as under taskset or a cpuset, so that each runtime sizes
+                # itself to one core. Pinned after start, two runtime workers
+                # share that core and time-slice (NOTES.md, seventh pass).
+                size = servers["a"].info["size"]
+                started = {}
+                try:
+                    started["a"] = start_proxy(args, tmp, n, sock, counter_port, load_ips, None, servers_cpus)
+                    started["a_warn"] = start_proxy(args, tmp, n, sock, counter_port, load_ips, "warn",
+                                                    servers_cpus)
+                    started["b"] = start_baseline(args, size, servers_cpus)
+                    calls2 = assume_role_calls(counter_port)
+                    runs = open_loop_rounds(args, started, order, load_ips, half, load_cpus)
+                    r["load_assume_role"] += assume_role_calls(counter_port) - calls2
+                    for k in runs:
+                        x = r[k]["rated_open"] = median_by_p99(runs[k])
+                        x["cpus"] = cpus
+                        x["threads"] = len(os.listdir("/proc/%d/task" % started[k].proc.pid))
+                        log("%s at %.0f req/s, started pinned, bench_open_loop: p50 %s, p99 %s (rounds: %s), "
+                            "send lag p99 %s, CPU per request %s us" % (
+                                names[k], half, ms(x.get("p50")), ms(x.get("p99")),
+                                ", ".join(ms(v) for v in x.get("rounds_p99", [])), ms(x.get("send_lag_p99")),
+                                fmt(x.get("cpu_us"), "%.1f")))
+                finally:
+                    for srv in started.values():
+                        srv.close()
+        else:
+            r["load_assume_role"] = assume_role_calls(counter_port) - calls0
         for k in order:
             r[k]["rss_mib"] = peak_rss_mib(servers[k].proc.pid)
             r[k]["rss_now"] = proc_status(servers[k].proc.pid)
@@ -911,26 +959,34 @@ def report(args, results, wall, started_at):
                         name, fmt(x.get("rps")), ms(x.get("p50")), ms(x.get("p99")),
                         x.get("problem") or (x.get("non2xx", 0) + x.get("errors", 0))))
             out("")
-        if any((r.get(k) or {}).get("rated_open") for k in ("a", "a_warn", "b")):
-            first = next((r.get(k) or {}).get("rated_open") for k in ("b", "a", "a_warn")
-                         if (r.get(k) or {}).get("rated_open"))
+        for which, how in (
+                ("rated_open", "the servers started on their CPU, so that each runtime sizes itself to one "
+                 "core, as under taskset or a cpuset. This is the target's measure"),
+                ("rated_open_repinned", "the servers of the table above, pinned after start: two runtime "
+                 "workers share the one core")):
+            if not any((r.get(k) or {}).get(which) for k in ("a", "a_warn", "b")):
+                continue
+            first = next((r.get(k) or {}).get(which) for k in ("b", "a", "a_warn") if (r.get(k) or {}).get(which))
             out("Open loop at %s req/s (half of (b)'s throughput, pinned: %s, one server at a time), "
                 "`examples/bench_open_loop.rs`, %d connections, %d interleaved rounds of %d s, the median "
                 "round by p99; latency from each request's due time (send lag: due time to the request "
-                "leaving, which a saturated generator would show). This is the target's measure:"
+                "leaving, which a saturated generator would show); CPU per request over all rounds. "
+                "With %s:"
                 % (fmt(first.get("rate")), first.get("cpus"), args.connections, OPEN_LOOP_ROUNDS,
-                   OPEN_LOOP_SECONDS))
+                   OPEN_LOOP_SECONDS, how))
             out("")
-            out("| server | achieved req/s | p50 | p99 | p99 of each round | p99.9 | send lag p99 | errors |")
-            out("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+            out("| server | achieved req/s | p50 | p99 | p99 of each round | p99.9 | send lag p99 | "
+                "CPU per request | threads | errors |")
+            out("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
             for key, name in (("a", "(a) default logging"), ("a_warn", "(a) `RUST_LOG=warn`"),
                               ("b", "(b) baseline")):
-                x = (r.get(key) or {}).get("rated_open") or {}
+                x = (r.get(key) or {}).get(which) or {}
                 if x:
-                    out("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    out("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                         name, fmt(x.get("rps")), ms(x.get("p50")), ms(x.get("p99")),
                         ", ".join(ms(v) for v in x.get("rounds_p99", [])), ms(x.get("p999")),
-                        ms(x.get("send_lag_p99")), x.get("problem") or (x.get("non2xx", 0) + x.get("errors", 0))))
+                        ms(x.get("send_lag_p99")), fmt(x.get("cpu_us"), "%.1f µs"), x.get("threads", ""),
+                        x.get("problem") or (x.get("non2xx", 0) + x.get("errors", 0))))
             out("")
         for key, name in (("a", "default logging"), ("a_warn", "RUST_LOG=warn")):
             x = r.get(key) or {}
@@ -994,11 +1050,14 @@ def report(args, results, wall, started_at):
             rated = mine.get("rated_open") or {}
             p99 = rated.get("p99")
             achieved = rated.get("rps") and rated.get("rate") and rated["rps"] >= 0.95 * rated["rate"]
-            oha = "; oha `-q`: %s pinned, %s unpinned (the baseline's: %s, %s)" % (
+            oha = "; pinned after start: %s (the baseline's: %s); oha `-q`: %s pinned, %s unpinned " \
+                  "(the baseline's: %s, %s)" % (
+                ms((mine.get("rated_open_repinned") or {}).get("p99")),
+                ms((base.get("rated_open_repinned") or {}).get("p99")),
                 ms((mine.get("rated_pinned") or {}).get("p99")), ms((mine.get("rated") or {}).get("p99")),
                 ms((base.get("rated_pinned") or {}).get("p99")), ms((base.get("rated") or {}).get("p99")))
             checks.append(("p99 < 1 ms at half baseline throughput (N=%d, %s)" % (n, name),
-                           "%s at %s req/s, pinned, bench_open_loop (the baseline's own p99 there: %s)%s"
+                           "%s at %s req/s, started pinned, bench_open_loop (the baseline's own p99 there: %s)%s"
                            % (ms(p99), fmt(rated.get("rps")), ms((base.get("rated_open") or {}).get("p99")), oha),
                            p99 is not None and p99 < 1.0 and bool(achieved)))
     for n in args.ns:
