@@ -252,6 +252,17 @@ struct QueueState {
     waiting: usize,
 }
 
+impl QueueState {
+    /// Whether the writer waits on `work` (idle or gathering) and so needs
+    /// a notification; it counts as awake from here on.
+    fn wake_writer(&mut self) -> bool {
+        let waits = self.idle || self.gathering;
+        self.idle = false;
+        self.gathering = false;
+        waits
+    }
+}
+
 impl Queue {
     /// Starts the writer thread; the queue lives as long as the process.
     fn spawn(out: Box<dyn Write + Send>) -> &'static Queue {
@@ -289,9 +300,7 @@ impl Queue {
         // A line that does not fit waits for an empty queue; one longer
         // than the bound then goes alone.
         while !state.pending.is_empty() && state.pending.len() + line.len() > PENDING_BYTES {
-            if state.idle || state.gathering {
-                state.idle = false;
-                state.gathering = false;
+            if state.wake_writer() {
                 self.work.notify_one();
             }
             state.waiting += 1;
@@ -303,9 +312,9 @@ impl Queue {
         }
         state.pending.extend_from_slice(line);
         state.queued += line.len() as u64;
-        if state.idle || (state.gathering && state.pending.len() >= URGE_BYTES) {
-            state.idle = false;
-            state.gathering = false;
+        // An idle writer is woken for any line, a gathering one only once
+        // URGE_BYTES are pending.
+        if (state.idle || state.pending.len() >= URGE_BYTES) && state.wake_writer() {
             drop(state);
             self.work.notify_one();
         }
@@ -316,9 +325,7 @@ impl Queue {
         let deadline = Instant::now() + limit;
         let mut state = self.lock();
         let target = state.queued;
-        if (state.idle || state.gathering) && state.written < target {
-            state.idle = false;
-            state.gathering = false;
+        if state.written < target && state.wake_writer() {
             self.work.notify_one();
         }
         while state.written < target {
@@ -1091,6 +1098,15 @@ mod tests {
         true
     }
 
+    /// Waits up to 10 s for the writer to start gathering.
+    fn wait_until_gathering(queue: &Queue) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !queue.lock().gathering {
+            assert!(Instant::now() < deadline, "the writer never woke");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn lines_piling_up_cut_the_gathering_short() {
         let sink = Sink::default();
@@ -1102,11 +1118,7 @@ mod tests {
             .copied()
             .collect::<Vec<u8>>();
         queue.push(&line);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !queue.lock().gathering {
-            assert!(Instant::now() < deadline, "the writer never woke");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until_gathering(queue);
         // One line short of URGE_BYTES, then the line that reaches it.
         let lines = URGE_BYTES / line.len();
         for _ in 2..lines {
@@ -1125,11 +1137,7 @@ mod tests {
         let sink = Sink::default();
         let queue = Queue::spawn_gathering(Box::new(sink.clone()), Duration::from_secs(600));
         queue.push(b"one line\n");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !queue.lock().gathering {
-            assert!(Instant::now() < deadline, "the writer never woke");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until_gathering(queue);
         let started = Instant::now();
         queue.flush(Duration::from_secs(10));
         assert!(started.elapsed() < Duration::from_secs(10));
