@@ -364,6 +364,14 @@ def open_loop_rounds(args, servers, order, ips, rate, cpus):
     return runs
 
 
+def log_open_loop(name, rate, how, x):
+    log("%s at %.0f req/s, %s, bench_open_loop: p50 %s, p99 %s (rounds: %s), send lag p99 %s, "
+        "CPU per request %s us" % (
+            name, rate, how, ms(x.get("p50")), ms(x.get("p99")),
+            ", ".join(ms(v) for v in x.get("rounds_p99", [])), ms(x.get("send_lag_p99")),
+            fmt(x.get("cpu_us"), "%.1f")))
+
+
 def median_by_p99(runs):
     """The run with the median p99, with every run's p99 beside it."""
     good = sorted((x for x in runs if x.get("p99") is not None), key=lambda x: x["p99"])
@@ -371,7 +379,7 @@ def median_by_p99(runs):
         return runs[-1] if runs else {}
     chosen = dict(good[(len(good) - 1) // 2])
     chosen["rounds_p99"] = [x.get("p99") for x in runs]
-    requests = sum(x.get("requests", 0) for x in runs)
+    requests = sum(x.get("requests", 0) for x in good)
     if requests and all("cpu_s" in x for x in good):
         chosen["cpu_us"] = sum(x["cpu_s"] for x in good) / requests * 1e6
     return chosen
@@ -635,6 +643,7 @@ def bench_n(args, tmp, n, sock, counter_port, load_ips, r):
         order = ("b", "a", "a_warn")
         rounds = {k: [] for k in order}
         calls0 = assume_role_calls(counter_port)
+        extra_warm_calls = 0  # the warm-ups of the servers started pinned
         for i in range(args.rounds):
             for k in order:
                 srv = servers[k]
@@ -682,14 +691,10 @@ def bench_n(args, tmp, n, sock, counter_port, load_ips, r):
                 for k in runs:
                     x = r[k]["rated_open_repinned"] = median_by_p99(runs[k])
                     x["cpus"] = cpus
-                    log("%s at %.0f req/s, pinned after start, bench_open_loop: p50 %s, p99 %s (rounds: %s), "
-                        "send lag p99 %s" % (
-                            names[k], half, ms(x.get("p50")), ms(x.get("p99")),
-                            ", ".join(ms(v) for v in x.get("rounds_p99", [])), ms(x.get("send_lag_p99"))))
+                    log_open_loop(names[k], half, "pinned after start", x)
             finally:
                 for k in order:
                     pin(servers[k].proc.pid, everything)
-            r["load_assume_role"] = assume_role_calls(counter_port) - calls0
             if args.open_loop:
                 # The target's measure: servers started on the servers' CPUs,
                 # as under taskset or a cpuset, so that each runtime sizes
@@ -702,23 +707,17 @@ def bench_n(args, tmp, n, sock, counter_port, load_ips, r):
                     started["a_warn"] = start_proxy(args, tmp, n, sock, counter_port, load_ips, "warn",
                                                     servers_cpus)
                     started["b"] = start_baseline(args, size, servers_cpus)
-                    calls2 = assume_role_calls(counter_port)
+                    extra_warm_calls = sum(started[k].info["warm_assume_role"] for k in ("a", "a_warn"))
                     runs = open_loop_rounds(args, started, order, load_ips, half, load_cpus)
-                    r["load_assume_role"] += assume_role_calls(counter_port) - calls2
                     for k in runs:
                         x = r[k]["rated_open"] = median_by_p99(runs[k])
                         x["cpus"] = cpus
                         x["threads"] = len(os.listdir("/proc/%d/task" % started[k].proc.pid))
-                        log("%s at %.0f req/s, started pinned, bench_open_loop: p50 %s, p99 %s (rounds: %s), "
-                            "send lag p99 %s, CPU per request %s us" % (
-                                names[k], half, ms(x.get("p50")), ms(x.get("p99")),
-                                ", ".join(ms(v) for v in x.get("rounds_p99", [])), ms(x.get("send_lag_p99")),
-                                fmt(x.get("cpu_us"), "%.1f")))
+                        log_open_loop(names[k], half, "started pinned", x)
                 finally:
                     for srv in started.values():
                         srv.close()
-        else:
-            r["load_assume_role"] = assume_role_calls(counter_port) - calls0
+        r["load_assume_role"] = assume_role_calls(counter_port) - calls0 - extra_warm_calls
         for k in order:
             r[k]["rss_mib"] = peak_rss_mib(servers[k].proc.pid)
             r[k]["rss_now"] = proc_status(servers[k].proc.pid)
