@@ -344,8 +344,49 @@ def run_open_loop(args, port, ips, seconds, connections, rate, cpus):
         return result
     result.update({"rps": data["requests_per_sec"], "p50": data["p50_ms"], "p99": data["p99_ms"],
                    "p999": data["p999_ms"], "max": data["max_ms"], "send_lag_p99": data["send_lag_p99_ms"],
+                   "own_lag_p99": data.get("own_lag_p99_ms"),
                    "non2xx": data["non2xx"], "errors": data["errors"]})
     return result
+
+
+#: Seconds of each phase of the machine's stall measure (bench_stalls).
+STALL_SECONDS = 8
+
+
+def machine_stalls(args, servers_cpus, load_cpus):
+    """What the machine takes from a busy core: examples/bench_stalls.rs on
+    each of the servers' CPUs, first alone, then with one on each load CPU
+    too, as in the open-loop rounds (where the generator spins). Keyed by
+    phase, then CPU."""
+    def phase(cpus):
+        procs = {cpu: start("bench_stalls", [args.stalls, str(STALL_SECONDS)], stdout=subprocess.PIPE,
+                            cpus={cpu}) for cpu in sorted(cpus)}
+        found = {}
+        for cpu, proc in procs.items():
+            out, _ = proc.communicate(timeout=STALL_SECONDS + 30)
+            CHILDREN.remove(proc)
+            try:
+                found[cpu] = json.loads(out)
+            except ValueError:
+                found[cpu] = {"problem": "bench_stalls printed no JSON (exit %s)" % proc.returncode}
+        return found
+
+    return {"seconds": STALL_SECONDS, "alone": phase(servers_cpus),
+            "beside_load": phase(servers_cpus | load_cpus)}
+
+
+def log_stalls(stalls):
+    for name, how in (("alone", "servers' CPU alone"), ("beside_load", "every CPU busy")):
+        for cpu, x in sorted(stalls[name].items()):
+            log("machine stalls, %s, CPU %s: %s" % (how, cpu, describe_stalls(x, stalls["seconds"])))
+
+
+def describe_stalls(x, seconds):
+    if x.get("problem"):
+        return x["problem"]
+    return "%d %s over 1 ms in %d s (%.1f ms in all, longest %.2f ms), %d over 0.5 ms" % (
+        x["gaps_over_1_ms"], "gap" if x["gaps_over_1_ms"] == 1 else "gaps", seconds, x["lost_in_gaps_over_1_ms_ms"], x["longest_ms"],
+        x["gaps_over_0_5_ms"])
 
 
 def open_loop_rounds(args, servers, order, ips, rate, cpus):
@@ -366,9 +407,10 @@ def open_loop_rounds(args, servers, order, ips, rate, cpus):
 
 def log_open_loop(name, rate, how, x):
     log("%s at %.0f req/s, %s, bench_open_loop: p50 %s, p99 %s (rounds: %s), send lag p99 %s, "
-        "CPU per request %s us" % (
+        "generator's own lag p99 %s (rounds: %s), CPU per request %s us" % (
             name, rate, how, ms(x.get("p50")), ms(x.get("p99")),
             ", ".join(ms(v) for v in x.get("rounds_p99", [])), ms(x.get("send_lag_p99")),
+            ms(x.get("own_lag_p99")), ", ".join(ms(v) for v in x.get("rounds_own_lag_p99", [])),
             fmt(x.get("cpu_us"), "%.1f")))
 
 
@@ -379,6 +421,7 @@ def median_by_p99(runs):
         return runs[-1] if runs else {}
     chosen = dict(good[(len(good) - 1) // 2])
     chosen["rounds_p99"] = [x.get("p99") for x in runs]
+    chosen["rounds_own_lag_p99"] = [x.get("own_lag_p99") for x in runs]
     requests = sum(x.get("requests", 0) for x in good)
     if requests and all("cpu_s" in x for x in good):
         chosen["cpu_us"] = sum(x["cpu_s"] for x in good) / requests * 1e6
@@ -701,6 +744,9 @@ def bench_n(args, tmp, n, sock, counter_port, load_ips, r):
                 # itself to one core. Pinned after start, two runtime workers
                 # share that core and time-slice (NOTES.md, seventh pass).
                 size = servers["a"].info["size"]
+                if args.stalls:
+                    r["stalls"] = machine_stalls(args, servers_cpus, load_cpus)
+                    log_stalls(r["stalls"])
                 started = {}
                 try:
                     started["a"] = start_proxy(args, tmp, n, sock, counter_port, load_ips, None, servers_cpus)
@@ -969,23 +1015,40 @@ def report(args, results, wall, started_at):
             out("Open loop at %s req/s (half of (b)'s throughput, pinned: %s, one server at a time), "
                 "`examples/bench_open_loop.rs`, %d connections, %d interleaved rounds of %d s, the median "
                 "round by p99; latency from each request's due time (send lag: due time to the request "
-                "leaving, which a saturated generator would show); CPU per request over all rounds. "
+                "leaving, which a saturated generator would show; the generator's own lag: due time to the "
+                "first pass of its loop that saw the request due, before any wait for a free connection, "
+                "which no server can shorten); CPU per request over all rounds. "
                 "With %s:"
                 % (fmt(first.get("rate")), first.get("cpus"), args.connections, OPEN_LOOP_ROUNDS,
                    OPEN_LOOP_SECONDS, how))
             out("")
             out("| server | achieved req/s | p50 | p99 | p99 of each round | p99.9 | send lag p99 | "
-                "CPU per request | threads | errors |")
-            out("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+                "generator's own lag p99 of each round | CPU per request | threads | errors |")
+            out("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
             for key, name in (("a", "(a) default logging"), ("a_warn", "(a) `RUST_LOG=warn`"),
                               ("b", "(b) baseline")):
                 x = (r.get(key) or {}).get(which) or {}
                 if x:
-                    out("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    out("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                         name, fmt(x.get("rps")), ms(x.get("p50")), ms(x.get("p99")),
                         ", ".join(ms(v) for v in x.get("rounds_p99", [])), ms(x.get("p999")),
-                        ms(x.get("send_lag_p99")), fmt(x.get("cpu_us"), "%.1f µs"), x.get("threads", ""),
+                        ms(x.get("send_lag_p99")),
+                        ", ".join(ms(v) for v in x.get("rounds_own_lag_p99", [])) or "n/a",
+                        fmt(x.get("cpu_us"), "%.1f µs"), x.get("threads", ""),
                         x.get("problem") or (x.get("non2xx", 0) + x.get("errors", 0))))
+            out("")
+        stalls = r.get("stalls")
+        if stalls:
+            out("The machine's own stalls, measured just before the rounds on servers started on their CPU: "
+                "`examples/bench_stalls.rs`, a loop that only reads the monotonic clock, pinned, %d s per "
+                "phase. A gap between two readings is time the core was taken away; a request that arrives "
+                "during a gap longer than 1 ms cannot be answered within 1 ms by any server." % stalls["seconds"])
+            out("")
+            for name, how in (("alone", "the loop alone, on the servers' CPU"),
+                              ("beside_load", "a loop on every CPU at once, as in the open-loop rounds, "
+                               "where the load generator spins on its own")):
+                for cpu, x in sorted(stalls[name].items()):
+                    out("- %s, CPU %s: %s." % (how, cpu, describe_stalls(x, stalls["seconds"])))
             out("")
         for key, name in (("a", "default logging"), ("a_warn", "RUST_LOG=warn")):
             x = r.get(key) or {}
@@ -1055,9 +1118,19 @@ def report(args, results, wall, started_at):
                 ms((base.get("rated_open_repinned") or {}).get("p99")),
                 ms((mine.get("rated_pinned") or {}).get("p99")), ms((mine.get("rated") or {}).get("p99")),
                 ms((base.get("rated_pinned") or {}).get("p99")), ms((base.get("rated") or {}).get("p99")))
+            stalls = (r.get("stalls") or {}).get("beside_load") or {}
+            # What the machine adds whatever the server: requests the load
+            # generator sent late, and cores stopped (bench_stalls).
+            own = [v for v in rated.get("rounds_own_lag_p99", []) if v is not None]
+            floor = "; the load generator's own lag p99, by round: %s" % ", ".join(map(ms, own)) if own else ""
+            if stalls:
+                floor += "; the machine stopped a busy core for over 1 ms %s times in %s s (%s)" % (
+                    " and ".join(str(x.get("gaps_over_1_ms")) for _, x in sorted(stalls.items())),
+                    r["stalls"]["seconds"], " and ".join("CPU %s" % cpu for cpu, _ in sorted(stalls.items())))
             checks.append(("p99 < 1 ms at half baseline throughput (N=%d, %s)" % (n, name),
-                           "%s at %s req/s, started pinned, bench_open_loop (the baseline's own p99 there: %s)%s"
-                           % (ms(p99), fmt(rated.get("rps")), ms((base.get("rated_open") or {}).get("p99")), oha),
+                           "%s at %s req/s, started pinned, bench_open_loop (the baseline's own p99 there: %s)%s%s"
+                           % (ms(p99), fmt(rated.get("rps")), ms((base.get("rated_open") or {}).get("p99")), oha,
+                              floor),
                            p99 is not None and p99 < 1.0 and bool(achieved)))
     for n in args.ns:
         for key, name in (("a", "info"), ("a_warn", "warn")):
@@ -1105,6 +1178,7 @@ def main():
     parser.add_argument("--wrk", default=shutil.which("wrk"))
     parser.add_argument("--oha", default=shutil.which("oha"))
     parser.add_argument("--open-loop", help="examples/bench_open_loop.rs, built (the pinned p99 run)")
+    parser.add_argument("--stalls", help="examples/bench_stalls.rs, built (the machine's own stalls)")
     parser.add_argument("--seconds", type=int, default=4, help="seconds per round of closed-loop load")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rate-seconds", type=int, default=8, help="seconds of each open-loop run")
@@ -1125,7 +1199,7 @@ def main():
     parser.add_argument("--started", help="with --from-results: the run's start, ISO 8601")
     args = parser.parse_args()
     args.ns = [int(x) for x in args.ns.split(",")]
-    for key in ("proxy", "baseline", "open_loop", "moto_venv", "lyft_venv", "shim"):
+    for key in ("proxy", "baseline", "open_loop", "stalls", "moto_venv", "lyft_venv", "shim"):
         if getattr(args, key):
             setattr(args, key, os.path.abspath(getattr(args, key)))
     if args.from_results:

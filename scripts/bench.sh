@@ -81,9 +81,9 @@ if [ -z "$OHA" ] && [ -z "${BENCH_NO_OHA:-}" ]; then
     fi
 fi
 
-echo "==> cargo build --release (proxy, examples/bench_baseline.rs, examples/bench_open_loop.rs)"
+echo "==> cargo build --release (proxy, examples/bench_baseline.rs, examples/bench_open_loop.rs, examples/bench_stalls.rs)"
 cargo build --release --quiet
-cargo build --release --quiet --example bench_baseline --example bench_open_loop
+cargo build --release --quiet --example bench_baseline --example bench_open_loop --example bench_stalls
 mkdir -p target/bench
 gcc -O2 -shared -fPIC -o target/bench/libsrcbind.so bench/srcbind.c -ldl
 
@@ -93,6 +93,7 @@ python3 bench/run.py \
     --proxy target/release/ec2metaproxy \
     --baseline target/release/examples/bench_baseline \
     --open-loop target/release/examples/bench_open_loop \
+    --stalls target/release/examples/bench_stalls \
     --moto-venv "$VENV/moto" \
     --shim "$PWD/target/bench/libsrcbind.so" \
     ${OHA:+--oha "$OHA"} \
