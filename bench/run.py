@@ -384,6 +384,8 @@ def log_stalls(stalls):
 def describe_stalls(x, seconds):
     if x.get("problem"):
         return x["problem"]
+    if not x["gaps_over_0_5_ms"]:
+        return "no gap over 0.5 ms in %d s" % seconds
     return "%d %s over 1 ms in %d s (%.1f ms in all, longest %.2f ms), %d over 0.5 ms" % (
         x["gaps_over_1_ms"], "gap" if x["gaps_over_1_ms"] == 1 else "gaps", seconds, x["lost_in_gaps_over_1_ms_ms"], x["longest_ms"],
         x["gaps_over_0_5_ms"])

@@ -27,6 +27,7 @@ struct Stalls {
 
 impl Stalls {
     fn add(&mut self, gap: Duration) {
+        self.longest = self.longest.max(gap);
         if gap < SHORT {
             return;
         }
@@ -35,7 +36,6 @@ impl Stalls {
             self.over_long += 1;
             self.lost_in_long += gap;
         }
-        self.longest = self.longest.max(gap);
     }
 }
 
@@ -87,5 +87,14 @@ mod tests {
         assert_eq!(stalls.over_long, 2);
         assert_eq!(stalls.lost_in_long, Duration::from_micros(4500));
         assert_eq!(stalls.longest, Duration::from_micros(3500));
+    }
+
+    #[test]
+    fn the_longest_gap_is_kept_even_when_short() {
+        let mut stalls = Stalls::default();
+        stalls.add(Duration::from_micros(120));
+        stalls.add(Duration::from_micros(40));
+        assert_eq!(stalls.over_short, 0);
+        assert_eq!(stalls.longest, Duration::from_micros(120));
     }
 }
