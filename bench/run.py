@@ -386,8 +386,9 @@ def describe_stalls(x, seconds):
         return x["problem"]
     if not x["gaps_over_0_5_ms"]:
         return "no gap over 0.5 ms in %d s" % seconds
+    gaps = x["gaps_over_1_ms"]
     return "%d %s over 1 ms in %d s (%.1f ms in all, longest %.2f ms), %d over 0.5 ms" % (
-        x["gaps_over_1_ms"], "gap" if x["gaps_over_1_ms"] == 1 else "gaps", seconds, x["lost_in_gaps_over_1_ms_ms"], x["longest_ms"],
+        gaps, "gap" if gaps == 1 else "gaps", seconds, x["lost_in_gaps_over_1_ms_ms"], x["longest_ms"],
         x["gaps_over_0_5_ms"])
 
 
@@ -1121,8 +1122,8 @@ def report(args, results, wall, started_at):
                 ms((mine.get("rated_pinned") or {}).get("p99")), ms((mine.get("rated") or {}).get("p99")),
                 ms((base.get("rated_pinned") or {}).get("p99")), ms((base.get("rated") or {}).get("p99")))
             stalls = (r.get("stalls") or {}).get("beside_load") or {}
-            # What the machine adds whatever the server: requests the load
-            # generator sent late, and cores stopped (bench_stalls).
+            # What the machine adds whatever the server: the generator's
+            # own lateness, and cores stopped (bench_stalls).
             own = [v for v in rated.get("rounds_own_lag_p99", []) if v is not None]
             floor = "; the load generator's own lag p99, by round: %s" % ", ".join(map(ms, own)) if own else ""
             if stalls:
