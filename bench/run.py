@@ -375,10 +375,17 @@ def machine_stalls(args, servers_cpus, load_cpus):
             "beside_load": phase(servers_cpus | load_cpus)}
 
 
-def log_stalls(stalls):
-    for name, how in (("alone", "servers' CPU alone"), ("beside_load", "every CPU busy")):
+#: The phases of machine_stalls, as the log and the report name them.
+STALL_PHASES = (("alone", "the loop alone, on the servers' CPU"),
+                ("beside_load", "a loop on every CPU at once, as in the open-loop rounds, where the load "
+                 "generator spins on its own"))
+
+
+def stall_lines(stalls):
+    """One line per phase and CPU of machine_stalls' result."""
+    for name, how in STALL_PHASES:
         for cpu, x in sorted(stalls[name].items()):
-            log("machine stalls, %s, CPU %s: %s" % (how, cpu, describe_stalls(x, stalls["seconds"])))
+            yield "%s, CPU %s: %s" % (how, cpu, describe_stalls(x, stalls["seconds"]))
 
 
 def describe_stalls(x, seconds):
@@ -749,7 +756,8 @@ def bench_n(args, tmp, n, sock, counter_port, load_ips, r):
                 size = servers["a"].info["size"]
                 if args.stalls:
                     r["stalls"] = machine_stalls(args, servers_cpus, load_cpus)
-                    log_stalls(r["stalls"])
+                    for line in stall_lines(r["stalls"]):
+                        log("machine stalls, " + line)
                 started = {}
                 try:
                     started["a"] = start_proxy(args, tmp, n, sock, counter_port, load_ips, None, servers_cpus)
@@ -1047,11 +1055,8 @@ def report(args, results, wall, started_at):
                 "phase. A gap between two readings is time the core was taken away; a request that arrives "
                 "during a gap longer than 1 ms cannot be answered within 1 ms by any server." % stalls["seconds"])
             out("")
-            for name, how in (("alone", "the loop alone, on the servers' CPU"),
-                              ("beside_load", "a loop on every CPU at once, as in the open-loop rounds, "
-                               "where the load generator spins on its own")):
-                for cpu, x in sorted(stalls[name].items()):
-                    out("- %s, CPU %s: %s." % (how, cpu, describe_stalls(x, stalls["seconds"])))
+            for line in stall_lines(stalls):
+                out("- %s." % line)
             out("")
         for key, name in (("a", "default logging"), ("a_warn", "RUST_LOG=warn")):
             x = r.get(key) or {}
@@ -1121,15 +1126,15 @@ def report(args, results, wall, started_at):
                 ms((base.get("rated_open_repinned") or {}).get("p99")),
                 ms((mine.get("rated_pinned") or {}).get("p99")), ms((mine.get("rated") or {}).get("p99")),
                 ms((base.get("rated_pinned") or {}).get("p99")), ms((base.get("rated") or {}).get("p99")))
-            stalls = (r.get("stalls") or {}).get("beside_load") or {}
+            beside = sorted(((r.get("stalls") or {}).get("beside_load") or {}).items())
             # What the machine adds whatever the server: the generator's
             # own lateness, and cores stopped (bench_stalls).
             own = [v for v in rated.get("rounds_own_lag_p99", []) if v is not None]
             floor = "; the load generator's own lag p99, by round: %s" % ", ".join(map(ms, own)) if own else ""
-            if stalls:
+            if beside:
                 floor += "; the machine stopped a busy core for over 1 ms %s times in %s s (%s)" % (
-                    " and ".join(str(x.get("gaps_over_1_ms")) for _, x in sorted(stalls.items())),
-                    r["stalls"]["seconds"], " and ".join("CPU %s" % cpu for cpu, _ in sorted(stalls.items())))
+                    " and ".join(str(x.get("gaps_over_1_ms")) for _, x in beside),
+                    r["stalls"]["seconds"], " and ".join("CPU %s" % cpu for cpu, _ in beside))
             checks.append(("p99 < 1 ms at half baseline throughput (N=%d, %s)" % (n, name),
                            "%s at %s req/s, started pinned, bench_open_loop (the baseline's own p99 there: %s)%s%s"
                            % (ms(p99), fmt(rated.get("rps")), ms((base.get("rated_open") or {}).get("p99")), oha,
