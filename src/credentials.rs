@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 
 use crate::metrics::metrics;
 use crate::roles::RoleArn;
+use crate::time::unix_secs;
 
 /// A secret string whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -223,13 +224,6 @@ fn retain_slots(
         }
         kept
     });
-}
-
-/// Whole seconds since the Unix epoch (0 before it).
-pub(crate) fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl CredentialCache {
@@ -678,6 +672,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
+    use std::time::UNIX_EPOCH;
 
     const HOUR: Duration = Duration::from_secs(3600);
 

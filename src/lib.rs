@@ -16,6 +16,8 @@ pub mod process;
 pub mod reload;
 pub mod roles;
 pub mod server;
+pub mod sys;
+pub mod time;
 
 /// A hash map for the maps read on every request (containers by address,
 /// credentials by role request, roles by alias). foldhash (hashbrown's

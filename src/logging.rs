@@ -158,7 +158,7 @@ fn push_line(queue: &Queue, render: impl Fn(&str, &mut Vec<u8>)) {
     }
 }
 
-/// Formats timestamps like [`crate::imds::document::timestamp_millis`],
+/// Formats timestamps like [`crate::time::timestamp_millis`],
 /// which it calls once per second; within a second only the milliseconds
 /// change.
 #[derive(Default)]
@@ -174,14 +174,13 @@ impl Clock {
     fn timestamp(&mut self, now: SystemTime) -> &str {
         self.text.clear();
         let Ok(since_epoch) = now.duration_since(SystemTime::UNIX_EPOCH) else {
-            self.text = crate::imds::document::timestamp_millis(now);
+            self.text = crate::time::timestamp_millis(now);
             return &self.text;
         };
         let second = since_epoch.as_secs();
         if self.second != Some(second) {
-            let whole = crate::imds::document::timestamp_millis(
-                SystemTime::UNIX_EPOCH + Duration::from_secs(second),
-            );
+            let whole =
+                crate::time::timestamp_millis(SystemTime::UNIX_EPOCH + Duration::from_secs(second));
             match whole.strip_suffix("000Z") {
                 Some(prefix) => {
                     self.prefix.clear();
@@ -190,7 +189,7 @@ impl Clock {
                 }
                 None => {
                     self.second = None;
-                    self.text = crate::imds::document::timestamp_millis(now);
+                    self.text = crate::time::timestamp_millis(now);
                     return &self.text;
                 }
             }
@@ -978,7 +977,7 @@ mod tests {
                 let t = base + Duration::from_millis(step_ms) + Duration::from_nanos(999_999);
                 assert_eq!(
                     clock.timestamp(t),
-                    crate::imds::document::timestamp_millis(t),
+                    crate::time::timestamp_millis(t),
                     "{t:?}"
                 );
             }

@@ -45,62 +45,8 @@ fn fail(error: &dyn std::error::Error, hint: Option<String>) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// glibc's malloc gives threads arenas of their own, up to 8 per core, and
-/// each arena keeps its freed memory for reuse. Two are enough for this
-/// proxy and save about a MiB of resident memory at N=1000 (one would save
-/// a little more, but would put every thread behind one lock whenever its
-/// thread cache misses). `MALLOC_ARENA_MAX` in the environment still wins.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    const M_ARENA_MAX: std::ffi::c_int = -8;
-    extern "C" {
-        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-    }
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a tunable; called before any other thread starts.
-        unsafe {
-            mallopt(M_ARENA_MAX, 2);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
-
-/// How often freed heap is given back to the kernel.
-const HEAP_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// glibc keeps what bursts free (the container list at start-up and on a
-/// resync, a wave of prefetches, a spike of connections) for reuse, and
-/// gives back only what sits at the top of the main heap. `malloc_trim`
-/// returns every whole free page: 2.3-3.5 MiB of about 20 MiB of RSS after
-/// a bench load at N=1000 (docs/performance.md). Its cost is one walk of
-/// the two arenas' free chunks every 10 s, on a runtime worker: 0.06-0.33
-/// ms under load at N=1000 (bench/NOTES.md, eighth pass), short enough not
-/// to need a thread of its own.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn spawn_heap_trimmer() {
-    extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
-    }
-    tokio::spawn(async {
-        let mut tick = tokio::time::interval(HEAP_TRIM_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            // SAFETY: malloc_trim only releases free memory; safe at any time.
-            unsafe {
-                malloc_trim(0);
-            }
-        }
-    });
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn spawn_heap_trimmer() {}
-
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    ec2metaproxy::sys::limit_malloc_arenas();
     let args: Args = argh::from_env();
     if args.version {
         println!("ec2metaproxy {}", env!("CARGO_PKG_VERSION"));
@@ -149,7 +95,7 @@ fn main() -> ExitCode {
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     }
 
-    let open_files = ec2metaproxy::process::raise_open_file_limit();
+    let open_files = ec2metaproxy::sys::raise_open_file_limit();
     log::debug!("open-file limit: {open_files:?}");
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -275,7 +221,7 @@ async fn run(config: Config) -> ExitCode {
     }
     let imds = Arc::new(imds);
     ec2metaproxy::imds::spawn_prefetcher(imds.clone(), changes);
-    spawn_heap_trimmer();
+    ec2metaproxy::sys::spawn_heap_trimmer();
     serve(listener, imds, Limits::default(), async {
         shutdown_signal().await;
         let _ = stopping.send(true);

@@ -170,21 +170,6 @@ impl ProcessWatcher {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit, as servers do:
-/// each watched container holds a pidfd, beside up to 4096 connections, and
-/// the usual soft limit is 1024. Returns the limit now in force.
-pub fn raise_open_file_limit() -> Option<u64> {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
-        limit.current = limit.maximum;
-        if let Err(error) = setrlimit(Resource::Nofile, limit) {
-            log::warn!("cannot raise the open-file limit: {error}");
-        }
-    }
-    getrlimit(Resource::Nofile).current
-}
-
 /// Whether `/proc/<pid>/cgroup` names container `id`. Docker puts each
 /// container in a cgroup named after its full ID (`/docker/<id>`,
 /// `docker-<id>.scope`), under cgroup v1 and v2 and seen from any cgroup namespace.
@@ -267,16 +252,6 @@ mod tests {
             watcher.open_checked(0, ID, |_, _| Ok(true)),
             Opened::Unverifiable(_)
         ));
-    }
-
-    #[test]
-    fn the_open_file_limit_is_raised_to_the_hard_limit() {
-        use rustix::process::{getrlimit, setrlimit, Resource};
-        let mut limit = getrlimit(Resource::Nofile);
-        let hard = limit.maximum;
-        limit.current = Some(256.min(hard.unwrap_or(256)));
-        setrlimit(Resource::Nofile, limit).unwrap();
-        assert_eq!(raise_open_file_limit(), hard);
     }
 
     #[test]

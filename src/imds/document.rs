@@ -9,32 +9,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
-use time::format_description::FormatItem;
-use time::macros::format_description;
-use time::OffsetDateTime;
 
 use crate::credentials::Credentials;
 use crate::roles::RoleArn;
-
-/// `2026-11-22T20:00:00Z`: aws-config rejects `+00:00`.
-const TIMESTAMP: &[FormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-
-/// Log timestamps, with milliseconds.
-const TIMESTAMP_MILLIS: &[FormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-
-pub fn timestamp_millis(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(TIMESTAMP_MILLIS)
-        .expect("a SystemTime formats")
-}
-
-pub fn timestamp(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(TIMESTAMP)
-        .expect("a SystemTime formats")
-}
+use crate::time::timestamp;
 
 /// A `text/plain` 200 with `body` exactly as given (no trailing newline:
 /// aws-config uses the role listing verbatim as a URL segment).
@@ -139,12 +117,6 @@ mod tests {
     async fn body(response: Response<Full<Bytes>>) -> String {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
-    }
-
-    #[test]
-    fn timestamps_end_in_z() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_377_600);
-        assert_eq!(timestamp(t), "2026-11-22T20:00:00Z");
     }
 
     #[tokio::test]

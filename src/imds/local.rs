@@ -84,7 +84,7 @@ impl LocalMetadata {
             "instanceId": self.instance_id,
             "instanceType": self.instance_type,
             "kernelId": null,
-            "pendingTime": document::timestamp(now),
+            "pendingTime": crate::time::timestamp(now),
             "privateIp": self.local_ipv4,
             "ramdiskId": null,
             "region": self.region,

@@ -25,10 +25,11 @@ use http::{header, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::config::Config;
-use crate::credentials::{unix_secs, CredentialCache, RoleRequest};
+use crate::credentials::{CredentialCache, RoleRequest};
 use crate::docker::{Container, ContainerIndex, IndexChange};
 use crate::mapping::StaticMappings;
 use crate::roles::{assign, container_session, Assignment, Role, RoleArn, RoleLookup};
+use crate::time::unix_secs;
 use local::LocalMetadata;
 use path::{canonicalize, classify, Flavor, Route, Version};
 use token::{Holder, TokenKey};

@@ -118,7 +118,7 @@ impl Imds {
             return None;
         }
         let holder = Holder::new(caller, Some(&answer.container.id));
-        let unix_now = crate::credentials::unix_secs(now);
+        let unix_now = crate::time::unix_secs(now);
         if self
             .token_refusal(&request.headers, holder, &answer.config, unix_now)
             .is_some()
