@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::container::{json_kind, normalize_policy};
 use crate::imds::local::LocalMetadata;
 use crate::logging::LogFormat;
 use crate::roles::{is_account_id, Role, RoleArn, SessionKey};
@@ -355,7 +356,7 @@ impl Validator<'_> {
             Some(other) => {
                 return Err(self.invalid(
                     "metadataURL",
-                    format!("expected a URL string or null, found {}", kind(other)),
+                    format!("expected a URL string or null, found {}", json_kind(other)),
                 ))
             }
         };
@@ -383,7 +384,7 @@ impl Validator<'_> {
                     let Some(prefix) = item.as_str() else {
                         return Err(self.invalid(
                             "passthrough",
-                            format!("expected strings, found {}", kind(item)),
+                            format!("expected strings, found {}", json_kind(item)),
                         ));
                     };
                     let prefix = prefix.trim_matches('/');
@@ -406,7 +407,10 @@ impl Validator<'_> {
             Some(other) => {
                 return Err(self.invalid(
                     "passthrough",
-                    format!("expected a list of path prefixes, found {}", kind(other)),
+                    format!(
+                        "expected a list of path prefixes, found {}",
+                        json_kind(other)
+                    ),
                 ))
             }
         };
@@ -438,7 +442,7 @@ impl Validator<'_> {
             Some(other) => {
                 return Err(self.invalid(
                     "localMetadata",
-                    format!("expected an object, found {}", kind(other)),
+                    format!("expected an object, found {}", json_kind(other)),
                 ))
             }
         };
@@ -481,7 +485,7 @@ impl Validator<'_> {
                     "accountMap",
                     format!(
                         "expected a map of account alias to account ID, found {}",
-                        kind(other)
+                        json_kind(other)
                     ),
                 ))
             }
@@ -545,7 +549,10 @@ impl Validator<'_> {
             Some(other) => {
                 return Err(self.invalid(
                     key,
-                    format!("expected a map of alias to role ARN, found {}", kind(other)),
+                    format!(
+                        "expected a map of alias to role ARN, found {}",
+                        json_kind(other)
+                    ),
                 ))
             }
         };
@@ -572,7 +579,7 @@ impl Validator<'_> {
                         &entry_key,
                         format!(
                             "expected a role ARN string or an object with \"arn\", found {}",
-                            kind(other)
+                            json_kind(other)
                         ),
                     ))
                 }
@@ -648,9 +655,10 @@ impl Validator<'_> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => {
-                Err(self.invalid(key, format!("expected a string, found {}", kind(other))))
-            }
+            Some(other) => Err(self.invalid(
+                key,
+                format!("expected a string, found {}", json_kind(other)),
+            )),
         }
     }
 
@@ -660,49 +668,10 @@ impl Validator<'_> {
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(other) => Err(self.invalid(
                 key,
-                format!("expected true or false, found {}", kind(other)),
+                format!("expected true or false, found {}", json_kind(other)),
             )),
         }
     }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// A session policy: a JSON object, given inline or as a string holding one
-/// (the Go fork and the `ec2metaproxy.Policy` label use the string form).
-/// Returns the compact JSON text STS is sent.
-pub fn normalize_policy(value: &Value) -> Result<Arc<str>, String> {
-    let parsed;
-    let object = match value {
-        Value::Object(_) => value,
-        Value::String(text) => {
-            parsed = serde_json::from_str::<Value>(text)
-                .map_err(|e| format!("the policy is not valid JSON: {e}"))?;
-            if !parsed.is_object() {
-                return Err(format!(
-                    "the policy must be a JSON object, found {}",
-                    kind(&parsed)
-                ));
-            }
-            &parsed
-        }
-        other => {
-            return Err(format!(
-                "the policy must be a JSON object, found {}",
-                kind(other)
-            ))
-        }
-    };
-    Ok(Arc::from(object.to_string()))
 }
 
 /// Accepts `IP:PORT`, `[IPv6]:PORT` and the Go style `:PORT` (all interfaces).
@@ -969,21 +938,6 @@ mod tests {
             "[::1]:80".parse().unwrap()
         );
         assert!(parse_listen("1.2.3.4").is_err());
-    }
-
-    #[test]
-    fn policies_are_sent_as_compact_json() {
-        let inline: Value = serde_json::json!({"Version": "2012-10-17"});
-        assert_eq!(
-            &*normalize_policy(&inline).unwrap(),
-            r#"{"Version":"2012-10-17"}"#
-        );
-        let text = Value::String("{ \"Version\" : \"2012-10-17\" }".into());
-        assert_eq!(
-            &*normalize_policy(&text).unwrap(),
-            r#"{"Version":"2012-10-17"}"#
-        );
-        assert!(normalize_policy(&Value::String("{".into())).is_err());
     }
 
     #[test]

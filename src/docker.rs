@@ -18,92 +18,8 @@ use async_trait::async_trait;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::config::normalize_policy;
-use crate::process::{Opened, ProcessWatch, ProcessWatcher};
-use crate::roles::{session_name, POLICY_LABEL};
-
-/// A container's labels, or the variables of its environment the config
-/// reads. Read on every request (the role alias), hence the fast hasher.
-pub type StringMap = crate::FastHashMap<String, String>;
-
-/// A running container as the proxy needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Container {
-    pub id: String,
-    pub name: String,
-    pub labels: StringMap,
-    pub ips: Vec<IpAddr>,
-    /// Computed once here so the request path does not rebuild it.
-    pub session_name: Arc<str>,
-    /// Only the variables the config reads (`roleEnv` and friends); the rest
-    /// of a container's environment, which may hold secrets, is never kept.
-    pub env: StringMap,
-    /// Its init process, when the kernel can tell us that it exited.
-    pub process: Process,
-    /// Its `ec2metaproxy.Policy` label, parsed and normalised once here:
-    /// the request path would otherwise parse the JSON on every request.
-    pub policy_label: Option<Result<Arc<str>, String>>,
-}
-
-/// What the proxy knows of a container's init process.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Process {
-    /// Listed but not inspected yet: the list API does not give pids.
-    #[default]
-    NotInspected,
-    /// Inspected, but its pid cannot be checked from here (see [`crate::process`]).
-    Unwatched,
-    Watched(Arc<ProcessWatch>),
-}
-
-impl Container {
-    pub fn new(id: String, name: &str, labels: StringMap, ips: Vec<IpAddr>) -> Container {
-        let name = name.trim_start_matches('/').to_string();
-        let session_name = Arc::from(session_name(&name, &id));
-        let policy_label = labels
-            .get(POLICY_LABEL)
-            .map(|text| normalize_policy(&serde_json::Value::String(text.clone())));
-        Container {
-            id,
-            name,
-            labels,
-            policy_label,
-            ips,
-            session_name,
-            env: StringMap::default(),
-            process: Process::NotInspected,
-        }
-    }
-
-    pub fn with_process(mut self, process: Process) -> Container {
-        self.process = process;
-        self
-    }
-
-    /// True when the kernel says the container's init process has exited,
-    /// so its addresses may already be another container's. One `poll(2)`.
-    pub fn has_exited(&self) -> bool {
-        match &self.process {
-            Process::Watched(watch) => watch.has_exited(),
-            Process::NotInspected | Process::Unwatched => false,
-        }
-    }
-
-    pub fn with_env(mut self, env: StringMap) -> Container {
-        self.env = env;
-        self
-    }
-
-    /// True for an address of `roleMappingFile`, which stands in as a
-    /// container with no ID.
-    pub fn is_stand_in(&self) -> bool {
-        self.id.is_empty()
-    }
-
-    pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(12)]
-    }
-}
+use crate::container::{Container, Process};
+use crate::process::{Opened, ProcessWatcher};
 
 /// A change reported by the platform's event stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -942,6 +858,8 @@ impl ContainerSource for DockerSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::StringMap;
+    use crate::sys::ProcessWatch;
     use std::sync::atomic::AtomicUsize;
     use tokio::sync::mpsc::UnboundedSender;
 
@@ -1257,25 +1175,5 @@ mod tests {
         let index =
             ContainerIndex::fixed(vec![container("a", "10.0.0.2"), container("b", "10.0.0.2")]);
         assert!(index.get("10.0.0.2".parse().unwrap()).is_none());
-    }
-
-    #[test]
-    fn the_policy_label_is_parsed_once_when_the_container_is_indexed() {
-        let labelled = |policy: &str| {
-            let labels = StringMap::from_iter([(POLICY_LABEL.to_string(), policy.to_string())]);
-            Container::new("c".into(), "/c", labels, vec![])
-        };
-        let good = labelled(r#"{ "Statement" : [] }"#);
-        assert_eq!(
-            good.policy_label.as_ref().unwrap().as_deref(),
-            Ok(r#"{"Statement":[]}"#)
-        );
-        let bad = labelled("allow all");
-        assert!(bad
-            .policy_label
-            .unwrap()
-            .unwrap_err()
-            .contains("not valid JSON"));
-        assert_eq!(container("c", "10.0.0.2").policy_label, None);
     }
 }

@@ -5,6 +5,7 @@
 //! [`credentials`]); see docs/ARCHITECTURE.md.
 
 pub mod config;
+pub mod container;
 pub mod credentials;
 pub mod docker;
 mod docker_list;

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::docker::{Container, StringMap};
-use crate::roles::ROLE_ALIAS_LABEL;
+use crate::container::{Container, StringMap, ROLE_ALIAS_LABEL};
 
 type ByIp = crate::FastHashMap<IpAddr, Arc<Container>>;
 

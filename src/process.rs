@@ -15,66 +15,12 @@
 //! has passed that check, a missing process says nothing (the pid may be
 //! another namespace's); after, it means the container is gone.
 
-use std::fmt;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
-/// A handle on a container's init process.
-pub struct ProcessWatch {
-    pid: i32,
-    fd: OwnedFd,
-}
-
-impl ProcessWatch {
-    /// Watches `pid` with no check that it is a container's: for a caller
-    /// that knows whose process it is (tests, a platform that owns its pids).
-    pub fn unchecked(pid: i32) -> std::io::Result<ProcessWatch> {
-        let Some(raw) = Pid::from_raw(pid) else {
-            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-        };
-        let fd = pidfd_open(raw, PidfdFlags::empty())?;
-        Ok(ProcessWatch { pid, fd })
-    }
-
-    /// True once the process has exited. Never blocks.
-    pub fn has_exited(&self) -> bool {
-        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        let now = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        match poll(&mut fds, Some(&now)) {
-            Ok(ready) => ready > 0,
-            // A pidfd that cannot be polled cannot vouch for the process.
-            Err(_) => true,
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-}
-
-impl fmt::Debug for ProcessWatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProcessWatch")
-            .field("pid", &self.pid)
-            .finish()
-    }
-}
-
-/// Two watches are the same when they watch the same pid.
-impl PartialEq for ProcessWatch {
-    fn eq(&self, other: &ProcessWatch) -> bool {
-        self.pid == other.pid
-    }
-}
-
-impl Eq for ProcessWatch {}
+use crate::sys::ProcessWatch;
 
 /// What opening a watch on a container's process found.
 #[derive(Debug)]
@@ -137,7 +83,7 @@ impl ProcessWatcher {
             }
             Err(error) => return Opened::Unverifiable(format!("pidfd_open: {error}")),
         };
-        let watch = ProcessWatch { pid: raw, fd };
+        let watch = ProcessWatch::from_pidfd(raw, fd);
         if watch.has_exited() {
             return Opened::Exited;
         }

@@ -6,18 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::RoleMap;
-use crate::docker::Container;
-
-/// Label that selects an alias from the config's `aliasToARN`.
-pub const ROLE_ALIAS_LABEL: &str = "ec2metaproxy.RoleAlias";
-/// Label that holds a session policy (a JSON object as text).
-pub const POLICY_LABEL: &str = "ec2metaproxy.Policy";
-
-/// STS limits for `RoleSessionName`: 2..=64 characters of `[\w+=,.@-]`.
-const SESSION_NAME_MIN: usize = 2;
-const SESSION_NAME_MAX: usize = 64;
-/// Characters of the container ID kept in the session name, as `docker ps` shows them.
-const SHORT_ID_LEN: usize = 12;
+use crate::container::{session_name, Container, POLICY_LABEL, ROLE_ALIAS_LABEL};
 
 /// A parsed IAM role ARN: `arn:PARTITION:iam::ACCOUNT:role/PATH/NAME`.
 #[derive(Clone, PartialEq, Eq)]
@@ -300,35 +289,6 @@ async fn unmapped_role(
         lookup.role_arn(value).await.map_err(bad)?
     };
     Ok(Role::new(format!("{variable}={value}"), arn))
-}
-
-/// A role session name that names the container in CloudTrail: its name and
-/// short ID, cut to STS's limits, other characters replaced by `-`.
-pub fn session_name(container_name: &str, container_id: &str) -> String {
-    let sanitize = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect()
-    };
-    let id: String = sanitize(container_id).chars().take(SHORT_ID_LEN).collect();
-    let name = sanitize(container_name.trim_start_matches('/'));
-    let room = SESSION_NAME_MAX - id.len() - usize::from(!id.is_empty());
-    let name: String = name.chars().take(room).collect();
-    let mut session = match (name.is_empty(), id.is_empty()) {
-        (false, false) => format!("{name}-{id}"),
-        (false, true) => name,
-        (true, _) => id,
-    };
-    while session.len() < SESSION_NAME_MIN {
-        session.push('-');
-    }
-    session
 }
 
 #[cfg(test)]
@@ -617,16 +577,5 @@ mod tests {
             &*pick(&from_env, &c).await.unwrap().session_name,
             "build-42-x"
         );
-    }
-
-    #[test]
-    fn session_names_fit_sts_rules() {
-        assert_eq!(session_name("/web", "0123456789abcdef"), "web-0123456789ab");
-        assert_eq!(session_name("/a b:c", "ff"), "a-b-c-ff");
-        let long = session_name(&"x".repeat(200), "0123456789abcdef");
-        assert_eq!(long.len(), 64);
-        assert!(long.ends_with("-0123456789ab"));
-        assert_eq!(session_name("", ""), "--");
-        assert_eq!(session_name("/é", ""), "-".repeat(2));
     }
 }

@@ -9,10 +9,9 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use ec2metaproxy::container::Container;
 use ec2metaproxy::credentials::{CredentialCache, Timing};
-use ec2metaproxy::docker::{
-    Container, ContainerIndex, ContainerSource, EventStream, PlatformError,
-};
+use ec2metaproxy::docker::{ContainerIndex, ContainerSource, EventStream, PlatformError};
 use ec2metaproxy::metrics::{self, ProxyReadiness, Readiness};
 use ec2metaproxy::server::Limits;
 

@@ -15,10 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use ec2metaproxy::config::Config;
+use ec2metaproxy::container::Container;
 use ec2metaproxy::credentials::{
     AssumeRole, CredentialCache, Credentials, RoleRequest, Secret, StsError, Timing,
 };
-use ec2metaproxy::docker::{Container, ContainerIndex};
+use ec2metaproxy::docker::ContainerIndex;
 use ec2metaproxy::imds::token::{Holder, TokenKey};
 use ec2metaproxy::imds::Imds;
 use ec2metaproxy::server::{serve, Limits};

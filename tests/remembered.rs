@@ -12,12 +12,13 @@ use arc_swap::ArcSwap;
 use http_body_util::BodyExt;
 
 use ec2metaproxy::config::Config;
+use ec2metaproxy::container::Process;
 use ec2metaproxy::credentials::{CredentialCache, Timing};
-use ec2metaproxy::docker::{ContainerIndex, Process};
+use ec2metaproxy::docker::ContainerIndex;
 use ec2metaproxy::imds::remembered::Remembered;
 use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::{Imds, TOKEN_HEADER, TTL_HEADER};
-use ec2metaproxy::process::ProcessWatch;
+use ec2metaproxy::sys::ProcessWatch;
 
 use crate::raw::{container, now, request, FakeSts};
 use crate::reuse::SilentDocker;

@@ -25,8 +25,9 @@ use http::{header, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::config::Config;
+use crate::container::Container;
 use crate::credentials::{CredentialCache, RoleRequest};
-use crate::docker::{Container, ContainerIndex, IndexChange};
+use crate::docker::{ContainerIndex, IndexChange};
 use crate::mapping::StaticMappings;
 use crate::roles::{assign, container_session, Assignment, Role, RoleArn, RoleLookup};
 use crate::time::unix_secs;

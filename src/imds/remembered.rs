@@ -33,8 +33,8 @@ use http_body_util::Full;
 use super::token::Holder;
 use super::{document, Imds, Reply};
 use crate::config::Config;
+use crate::container::Container;
 use crate::credentials::Held;
-use crate::docker::Container;
 use crate::roles::Role;
 
 /// One connection's remembered answer; see the module's documentation.
