@@ -7,13 +7,10 @@
 pub mod config;
 pub mod container;
 pub mod credentials;
-pub mod docker;
-mod docker_list;
 pub mod imds;
 pub mod logging;
-pub mod mapping;
 pub mod metrics;
-pub mod process;
+pub mod platform;
 pub mod reload;
 pub mod roles;
 pub mod server;

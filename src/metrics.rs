@@ -23,7 +23,7 @@ use prometheus::{
 use tokio::net::TcpListener;
 
 use crate::credentials::CredentialCache;
-use crate::docker::ContainerIndex;
+use crate::platform::index::ContainerIndex;
 
 /// Every metric the proxy exports.
 pub struct Metrics {

@@ -391,7 +391,7 @@ mod tests {
             "label ec2metaproxy.RoleAlias=\"nope\" names no alias in aliasToARN"
         );
         // The same from roleMappingFile names the file, not a label.
-        let mapped = crate::mapping::parse(r#"{"10.0.0.5": "nope"}"#, "m.json").unwrap();
+        let mapped = crate::platform::mapping::parse(r#"{"10.0.0.5": "nope"}"#, "m.json").unwrap();
         let stand_in = &mapped[&"10.0.0.5".parse().unwrap()];
         let error = pick(&roles(), stand_in).await.unwrap_err();
         assert_eq!(

@@ -11,8 +11,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use ec2metaproxy::container::Container;
 use ec2metaproxy::credentials::{CredentialCache, Timing};
-use ec2metaproxy::docker::{ContainerIndex, ContainerSource, EventStream, PlatformError};
 use ec2metaproxy::metrics::{self, ProxyReadiness, Readiness};
+use ec2metaproxy::platform::index::ContainerIndex;
+use ec2metaproxy::platform::{ContainerSource, EventStream, PlatformError};
 use ec2metaproxy::server::Limits;
 
 use crate::raw::{container, listen, loopback_fixture, FakeSts, Listening};

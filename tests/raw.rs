@@ -19,9 +19,9 @@ use ec2metaproxy::container::Container;
 use ec2metaproxy::credentials::{
     AssumeRole, CredentialCache, Credentials, RoleRequest, Secret, StsError, Timing,
 };
-use ec2metaproxy::docker::ContainerIndex;
 use ec2metaproxy::imds::token::{Holder, TokenKey};
 use ec2metaproxy::imds::Imds;
+use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::server::{serve, Limits};
 
 pub(crate) const WEB_IP: &str = "172.30.0.2";
@@ -828,7 +828,8 @@ mod routing {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mappings.json");
         std::fs::write(&path, r#"{"192.0.2.10": "web", "192.0.2.11": "nope"}"#).unwrap();
-        let mappings = Arc::new(ec2metaproxy::mapping::StaticMappings::load(&path).unwrap());
+        let mappings =
+            Arc::new(ec2metaproxy::platform::mapping::StaticMappings::load(&path).unwrap());
         let imds = Arc::try_unwrap(f.imds)
             .ok()
             .unwrap()

@@ -14,10 +14,10 @@ use http_body_util::BodyExt;
 use ec2metaproxy::config::Config;
 use ec2metaproxy::container::Process;
 use ec2metaproxy::credentials::{CredentialCache, Timing};
-use ec2metaproxy::docker::ContainerIndex;
 use ec2metaproxy::imds::remembered::Remembered;
 use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::{Imds, TOKEN_HEADER, TTL_HEADER};
+use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::sys::ProcessWatch;
 
 use crate::raw::{container, now, request, FakeSts};
@@ -352,7 +352,7 @@ async fn a_static_mapping_is_always_answered_by_respond() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("mappings.json");
     std::fs::write(&file, r#"{"10.78.0.50": "web"}"#).unwrap();
-    let mappings = Arc::new(ec2metaproxy::mapping::StaticMappings::load(&file).unwrap());
+    let mappings = Arc::new(ec2metaproxy::platform::mapping::StaticMappings::load(&file).unwrap());
     let imds = Imds::new(
         Arc::new(ArcSwap::from_pointee(
             Config::parse(CONFIG, "test.json").unwrap(),

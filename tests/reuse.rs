@@ -15,9 +15,10 @@ use http_body_util::BodyExt;
 use ec2metaproxy::config::Config;
 use ec2metaproxy::container::{Container, Process};
 use ec2metaproxy::credentials::{CredentialCache, Timing};
-use ec2metaproxy::docker::{ContainerIndex, ContainerSource, EventStream, PlatformError};
 use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::{Imds, TOKEN_HEADER, TTL_HEADER};
+use ec2metaproxy::platform::index::ContainerIndex;
+use ec2metaproxy::platform::{ContainerSource, EventStream, PlatformError};
 use ec2metaproxy::sys::ProcessWatch;
 
 use crate::raw::{container, request, FakeSts};

@@ -47,7 +47,7 @@ pub(super) struct Answer {
     /// the same way under the same config.
     pub(super) path: Box<str>,
     pub(super) config: Arc<Config>,
-    /// [`crate::docker::ContainerIndex::generation`], read before the container was looked up.
+    /// [`crate::platform::index::ContainerIndex::generation`], read before the container was looked up.
     pub(super) index_generation: u64,
     pub(super) container: Arc<Container>,
     pub(super) role: Arc<Role>,

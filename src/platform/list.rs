@@ -16,8 +16,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
+use super::docker::sorted_addresses;
 use crate::container::{Container, StringMap};
-use crate::docker::sorted_addresses;
 
 /// A list of 1000 containers is under a megabyte; this only stops a broken
 /// engine from filling memory.
