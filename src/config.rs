@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use crate::container::{json_kind, normalize_policy};
 use crate::imds::local::LocalMetadata;
 use crate::logging::LogFormat;
-use crate::roles::{is_account_id, Role, RoleArn, SessionKey};
+use crate::roles::{is_account_id, Role, RoleArn, RoleMap, SessionKey};
 
 /// Where the Go fork and Docker itself expect the engine.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -161,42 +161,6 @@ impl Config {
             .filter(|(_, read)| read(self) != read(next))
             .map(|(key, _)| *key)
             .collect()
-    }
-}
-
-/// The alias map with its default and the default session policy.
-#[derive(Debug, Clone)]
-pub struct RoleMap {
-    pub aliases: crate::FastHashMap<String, Arc<Role>>,
-    pub default_alias: String,
-    pub default_policy: Option<Arc<str>>,
-    /// Container environment variable that names an alias (or role) when no
-    /// label does: `roleEnv`, for hosts migrating from lyft's metadataproxy.
-    pub role_env: Option<String>,
-    /// Let `roleEnv` name roles outside the alias map.
-    pub allow_unmapped: bool,
-    /// Account alias -> account ID, for `name@account-alias`.
-    pub account_map: HashMap<String, String>,
-    pub default_account: Option<String>,
-    pub session_key: Option<SessionKey>,
-}
-
-impl RoleMap {
-    pub fn get(&self, alias: &str) -> Option<&Arc<Role>> {
-        self.aliases.get(alias)
-    }
-
-    /// The container environment variables this map reads.
-    pub fn env_keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        if let Some(variable) = &self.role_env {
-            keys.push(variable.clone());
-            keys.push(crate::roles::EXTERNAL_ID_ENV.to_string());
-        }
-        if let Some(SessionKey::Env(variable)) = &self.session_key {
-            keys.push(variable.clone());
-        }
-        keys
     }
 }
 

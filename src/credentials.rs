@@ -6,7 +6,6 @@
 //! wait. A background task refreshes entries well ahead of expiry, so a
 //! request almost never waits on STS.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -559,59 +558,6 @@ impl AwsSts {
             config,
             region,
         )
-    }
-}
-
-/// IAM GetRole, for unmapped environment roles named without an account.
-/// Answers are cached: a role's ARN does not change while it exists.
-pub struct IamRoleLookup {
-    client: aws_sdk_iam::Client,
-    known: std::sync::Mutex<HashMap<String, RoleArn>>,
-}
-
-impl IamRoleLookup {
-    pub fn new(config: &aws_config::SdkConfig) -> IamRoleLookup {
-        IamRoleLookup {
-            client: aws_sdk_iam::Client::new(config),
-            known: std::sync::Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-#[async_trait]
-impl crate::roles::RoleLookup for IamRoleLookup {
-    async fn role_arn(&self, name: &str) -> Result<RoleArn, String> {
-        if let Some(arn) = self.known.lock().unwrap().get(name) {
-            return Ok(arn.clone());
-        }
-        use aws_sdk_iam::error::ProvideErrorMetadata;
-        let output = self
-            .client
-            .get_role()
-            .role_name(name)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
-                Some(service) => format!(
-                    "IAM GetRole {name}: {}: {}",
-                    service.code().unwrap_or("Unknown"),
-                    service.message().unwrap_or("no message")
-                ),
-                None => format!(
-                    "IAM GetRole {name}: {}",
-                    aws_smithy_types::error::display::DisplayErrorContext(&e)
-                ),
-            })?;
-        let arn = output
-            .role
-            .map(|role| role.arn)
-            .ok_or_else(|| format!("IAM GetRole {name}: no role in the answer"))?;
-        let arn = RoleArn::parse(&arn)?;
-        self.known
-            .lock()
-            .unwrap()
-            .insert(name.to_string(), arn.clone());
-        Ok(arn)
     }
 }
 

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use argh::FromArgs;
 
 use ec2metaproxy::config::Config;
-use ec2metaproxy::credentials::{spawn_refresher, AwsSts, CredentialCache, IamRoleLookup, Timing};
+use ec2metaproxy::credentials::{spawn_refresher, AwsSts, CredentialCache, Timing};
 use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::Imds;
 use ec2metaproxy::logging;
@@ -16,6 +16,7 @@ use ec2metaproxy::metrics;
 use ec2metaproxy::platform::docker::DockerSource;
 use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::platform::mapping::StaticMappings;
+use ec2metaproxy::roles::IamRoleLookup;
 use ec2metaproxy::server::{serve, Limits};
 
 /// Serves each Docker container the AWS credentials of the IAM role its

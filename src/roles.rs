@@ -1,11 +1,12 @@
-//! From a container's labels to the role it may assume: alias, ARN, session
-//! policy and session name.
+//! From a container's labels to the role it may assume: the alias map,
+//! alias, ARN, session policy and session name, and IAM's answer for a bare
+//! role name.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::RoleMap;
 use crate::container::{session_name, Container, POLICY_LABEL, ROLE_ALIAS_LABEL};
 
 /// A parsed IAM role ARN: `arn:PARTITION:iam::ACCOUNT:role/PATH/NAME`.
@@ -112,6 +113,42 @@ impl Role {
             policy: None,
             duration: None,
         }
+    }
+}
+
+/// The alias map with its default and the default session policy.
+#[derive(Debug, Clone)]
+pub struct RoleMap {
+    pub aliases: crate::FastHashMap<String, Arc<Role>>,
+    pub default_alias: String,
+    pub default_policy: Option<Arc<str>>,
+    /// Container environment variable that names an alias (or role) when no
+    /// label does: `roleEnv`, for hosts migrating from lyft's metadataproxy.
+    pub role_env: Option<String>,
+    /// Let `roleEnv` name roles outside the alias map.
+    pub allow_unmapped: bool,
+    /// Account alias -> account ID, for `name@account-alias`.
+    pub account_map: HashMap<String, String>,
+    pub default_account: Option<String>,
+    pub session_key: Option<SessionKey>,
+}
+
+impl RoleMap {
+    pub fn get(&self, alias: &str) -> Option<&Arc<Role>> {
+        self.aliases.get(alias)
+    }
+
+    /// The container environment variables this map reads.
+    pub fn env_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        if let Some(variable) = &self.role_env {
+            keys.push(variable.clone());
+            keys.push(EXTERNAL_ID_ENV.to_string());
+        }
+        if let Some(SessionKey::Env(variable)) = &self.session_key {
+            keys.push(variable.clone());
+        }
+        keys
     }
 }
 
@@ -289,6 +326,59 @@ async fn unmapped_role(
         lookup.role_arn(value).await.map_err(bad)?
     };
     Ok(Role::new(format!("{variable}={value}"), arn))
+}
+
+/// IAM GetRole, for unmapped environment roles named without an account.
+/// Answers are cached: a role's ARN does not change while it exists.
+pub struct IamRoleLookup {
+    client: aws_sdk_iam::Client,
+    known: std::sync::Mutex<HashMap<String, RoleArn>>,
+}
+
+impl IamRoleLookup {
+    pub fn new(config: &aws_config::SdkConfig) -> IamRoleLookup {
+        IamRoleLookup {
+            client: aws_sdk_iam::Client::new(config),
+            known: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RoleLookup for IamRoleLookup {
+    async fn role_arn(&self, name: &str) -> Result<RoleArn, String> {
+        if let Some(arn) = self.known.lock().unwrap().get(name) {
+            return Ok(arn.clone());
+        }
+        use aws_sdk_iam::error::ProvideErrorMetadata;
+        let output = self
+            .client
+            .get_role()
+            .role_name(name)
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(service) => format!(
+                    "IAM GetRole {name}: {}: {}",
+                    service.code().unwrap_or("Unknown"),
+                    service.message().unwrap_or("no message")
+                ),
+                None => format!(
+                    "IAM GetRole {name}: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                ),
+            })?;
+        let arn = output
+            .role
+            .map(|role| role.arn)
+            .ok_or_else(|| format!("IAM GetRole {name}: no role in the answer"))?;
+        let arn = RoleArn::parse(&arn)?;
+        self.known
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), arn.clone());
+        Ok(arn)
+    }
 }
 
 #[cfg(test)]
