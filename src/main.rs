@@ -8,7 +8,8 @@ use arc_swap::ArcSwap;
 use argh::FromArgs;
 
 use ec2metaproxy::config::Config;
-use ec2metaproxy::credentials::{spawn_refresher, AwsSts, CredentialCache, Timing};
+use ec2metaproxy::credentials::sts::AwsSts;
+use ec2metaproxy::credentials::{spawn_refresher, CredentialCache, Timing};
 use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::Imds;
 use ec2metaproxy::logging;

@@ -16,9 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use ec2metaproxy::config::Config;
 use ec2metaproxy::container::Container;
-use ec2metaproxy::credentials::{
-    AssumeRole, CredentialCache, Credentials, RoleRequest, Secret, StsError, Timing,
-};
+use ec2metaproxy::credentials::sts::{AssumeRole, Credentials, Secret, StsError};
+use ec2metaproxy::credentials::{CredentialCache, RoleRequest, Timing};
 use ec2metaproxy::imds::token::{Holder, TokenKey};
 use ec2metaproxy::imds::Imds;
 use ec2metaproxy::platform::index::ContainerIndex;

@@ -10,7 +10,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
-use crate::credentials::Credentials;
+use crate::credentials::sts::Credentials;
 use crate::roles::RoleArn;
 use crate::time::timestamp;
 
@@ -110,7 +110,7 @@ pub fn iam_info(arn: &RoleArn, now: SystemTime) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::Secret;
+    use crate::credentials::sts::Secret;
     use http_body_util::BodyExt;
     use std::time::{Duration, UNIX_EPOCH};
 
