@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::container::{json_kind, normalize_policy};
 use crate::imds::local::LocalMetadata;
+use crate::imds::{self, MetadataSource};
 use crate::logging::LogFormat;
 use crate::roles::{is_account_id, Role, RoleArn, RoleMap, SessionKey};
 
@@ -152,6 +153,24 @@ impl Config {
             .apply(&self.local_metadata_overrides)
             .expect("validated when the config was parsed");
         local
+    }
+
+    /// Where the IMDS door's metadata comes from: the metadata service, or
+    /// the synthesised tree in `region` when there is none. Built once, at
+    /// start-up (`metadataURL` and `localMetadata` need a restart).
+    pub fn metadata_source(&self, region: &str) -> MetadataSource {
+        match &self.metadata_url {
+            Some(url) => MetadataSource::Upstream(url.clone()),
+            None => MetadataSource::Local(self.local_metadata(region)),
+        }
+    }
+
+    /// What the IMDS door reads per request; reload swaps in a new one.
+    pub fn imds_settings(&self) -> imds::Settings {
+        imds::Settings {
+            passthrough: self.passthrough.clone(),
+            require_token: self.require_token,
+        }
     }
 
     /// The keys of `RESTART_KEYS` whose values differ between `self` and `next`.

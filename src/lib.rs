@@ -4,6 +4,7 @@
 //! Data flows one way: [`server`] -> [`imds`] -> ([`docker`], [`roles`],
 //! [`credentials`]); see docs/ARCHITECTURE.md.
 
+pub mod broker;
 pub mod config;
 pub mod container;
 pub mod credentials;

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use argh::FromArgs;
 
+use ec2metaproxy::broker::{spawn_prefetcher, Broker};
 use ec2metaproxy::config::Config;
 use ec2metaproxy::credentials::sts::AwsSts;
 use ec2metaproxy::credentials::{spawn_refresher, CredentialCache, Timing};
@@ -17,6 +17,7 @@ use ec2metaproxy::metrics;
 use ec2metaproxy::platform::docker::DockerSource;
 use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::platform::mapping::StaticMappings;
+use ec2metaproxy::reload::Live;
 use ec2metaproxy::roles::IamRoleLookup;
 use ec2metaproxy::server::{serve, Limits};
 
@@ -173,9 +174,11 @@ async fn run(config: Config) -> ExitCode {
     ));
     spawn_refresher(&credentials);
     let source = config.source.clone();
-    let config = Arc::new(ArcSwap::from_pointee(config));
+    let mapping_file = config.role_mapping_file.clone();
+    let metadata = config.metadata_source(&region);
+    let live = Arc::new(Live::new(config));
     if let Some(path) = source {
-        if let Err(error) = ec2metaproxy::reload::spawn(path.clone(), config.clone()) {
+        if let Err(error) = ec2metaproxy::reload::spawn(path.clone(), live.clone()) {
             log::warn!(
                 "cannot watch {} for changes ({error}); reload with SIGHUP instead",
                 path.display()
@@ -200,8 +203,7 @@ async fn run(config: Config) -> ExitCode {
         }));
     }
     let changes = index.subscribe();
-    let mapping_file = config.load().role_mapping_file.clone();
-    let mut imds = Imds::new(config, index, credentials, tokens, &region)
+    let mut broker = Broker::new(index, credentials, live.roles())
         .with_role_lookup(Arc::new(IamRoleLookup::new(&aws)));
     if let Some(path) = mapping_file {
         let mappings = match StaticMappings::load(&path) {
@@ -220,10 +222,11 @@ async fn run(config: Config) -> ExitCode {
                 path.display()
             );
         }
-        imds = imds.with_static_mappings(mappings);
+        broker = broker.with_static_mappings(mappings);
     }
-    let imds = Arc::new(imds);
-    ec2metaproxy::imds::spawn_prefetcher(imds.clone(), changes);
+    let broker = Arc::new(broker);
+    spawn_prefetcher(broker.clone(), changes);
+    let imds = Arc::new(Imds::new(broker, live.imds_settings(), tokens, metadata));
     ec2metaproxy::sys::spawn_heap_trimmer();
     serve(listener, imds, Limits::default(), async {
         shutdown_signal().await;

@@ -1,11 +1,13 @@
 //! Live reload of the config file, on SIGHUP and when the file changes.
 //!
 //! A new file is validated whole; only a valid one is swapped in, and the
-//! previous config keeps serving otherwise. Requests read the config through
-//! an `Arc` snapshot, so a swap drops no connection and no cached
-//! credentials: a container whose alias now names another role simply asks
-//! for a different cache key, and the old role's credentials are never served
-//! to it again.
+//! previous config keeps serving otherwise. The broker and the IMDS door
+//! know no config file: they read the alias map and the door's settings
+//! through cells of their own ([`Live`]), which a reload fills from the new
+//! config. Requests read each cell as an `Arc` snapshot, so a swap drops no
+//! connection and no cached credentials: a container whose alias now names
+//! another role simply asks for a different cache key, and the old role's
+//! credentials are never served to it again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +17,54 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 
 use crate::config::Config;
+use crate::imds;
 use crate::metrics::metrics;
+use crate::roles::RoleMap;
+
+/// The config in force, and the cells built from it that the broker (the
+/// alias map) and the IMDS door (its settings) read on every request.
+pub struct Live {
+    config: ArcSwap<Config>,
+    roles: Arc<ArcSwap<RoleMap>>,
+    imds: Arc<ArcSwap<imds::Settings>>,
+}
+
+impl Live {
+    pub fn new(config: Config) -> Live {
+        Live {
+            roles: Arc::new(ArcSwap::from_pointee(config.roles.clone())),
+            imds: Arc::new(ArcSwap::from_pointee(config.imds_settings())),
+            config: ArcSwap::from_pointee(config),
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The alias map's cell, for the broker.
+    pub fn roles(&self) -> Arc<ArcSwap<RoleMap>> {
+        self.roles.clone()
+    }
+
+    /// The IMDS door's settings' cell.
+    pub fn imds_settings(&self) -> Arc<ArcSwap<imds::Settings>> {
+        self.imds.clone()
+    }
+
+    /// Puts `next` in force. The cells are stored one after the other, not
+    /// in one atomic step, so a request may read the new alias map with the
+    /// old door settings (or the reverse). That is harmless: each request
+    /// reads each cell once, the two hold independent settings, and an
+    /// answer remembered from one pair is given again only while both cells
+    /// still hold that pair (imds/remembered.rs).
+    pub fn store(&self, next: Config) {
+        self.roles.store(Arc::new(next.roles.clone()));
+        self.imds.store(Arc::new(next.imds_settings()));
+        self.config.store(Arc::new(next));
+    }
+}
 
 /// Editors write a file in bursts (truncate, write, rename): wait for quiet.
 const SETTLE: Duration = Duration::from_millis(200);
@@ -28,10 +77,10 @@ pub enum Outcome {
     Refused(String),
 }
 
-/// Reads `path` and swaps it into `shared` when valid. Settings that cannot
-/// change live keep their running values and are reported.
-pub fn reload(path: &Path, shared: &ArcSwap<Config>) -> Outcome {
-    let current = shared.load_full();
+/// Reads `path` and puts it in force in `live` when valid. Settings that
+/// cannot change live keep their running values and are reported.
+pub fn reload(path: &Path, live: &Live) -> Outcome {
+    let current = live.config();
     let mut next = match Config::load(path) {
         Ok(next) => next,
         Err(error) => {
@@ -76,7 +125,7 @@ pub fn reload(path: &Path, shared: &ArcSwap<Config>) -> Outcome {
         next.roles.aliases.len(),
         next.roles.default_alias
     );
-    shared.store(Arc::new(next));
+    live.store(next);
     metrics().reloads.with_label_values(&["ok"]).inc();
     Outcome::Applied { restart_needed }
 }
@@ -99,10 +148,10 @@ fn live_settings(config: &Config) -> String {
 
 /// Reloads on SIGHUP and on changes to `path` (watched through its
 /// directory, so editors that replace the file by rename are seen).
-pub fn spawn(path: PathBuf, shared: Arc<ArcSwap<Config>>) -> Result<(), notify::Error> {
+pub fn spawn(path: PathBuf, live: Arc<Live>) -> Result<(), notify::Error> {
     let file = path.clone();
     watch(path, move || {
-        reload(&file, &shared);
+        reload(&file, &live);
     })
 }
 
@@ -166,11 +215,11 @@ mod tests {
         r#"{"aliasToARN": {"web": "arn:aws:iam::123456789012:role/Web"}, "defaultAlias": "web"}"#;
     const REMAPPED: &str = r#"{"aliasToARN": {"web": "arn:aws:iam::123456789012:role/Other"}, "defaultAlias": "web", "listen": ":1"}"#;
 
-    fn setup() -> (tempfile::TempDir, PathBuf, ArcSwap<Config>) {
+    fn setup() -> (tempfile::TempDir, PathBuf, Live) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, GOOD).unwrap();
-        let shared = ArcSwap::from_pointee(Config::load(&path).unwrap());
+        let shared = Live::new(Config::load(&path).unwrap());
         (dir, path, shared)
     }
 
@@ -184,8 +233,13 @@ mod tests {
                 restart_needed: vec!["listen"]
             }
         );
-        let now = shared.load();
+        let now = shared.config();
         assert_eq!(now.roles.get("web").unwrap().arn.name(), "Other");
+        assert_eq!(
+            shared.roles().load().get("web").unwrap().arn.name(),
+            "Other",
+            "the broker's cell holds the new alias map"
+        );
         assert_eq!(
             now.listen,
             "0.0.0.0:18000".parse().unwrap(),
@@ -206,7 +260,8 @@ mod tests {
             panic!("{outcome:?}")
         };
         assert!(message.ends_with("key \"aliasToARN.web\": \"nope\" is not an IAM role ARN (expected arn:aws:iam::ACCOUNT:role/NAME)"), "{message}");
-        assert_eq!(shared.load().roles.get("web").unwrap().arn.name(), "Web");
+        assert_eq!(shared.config().roles.get("web").unwrap().arn.name(), "Web");
+        assert_eq!(shared.roles().load().get("web").unwrap().arn.name(), "Web");
     }
 
     #[test]
@@ -225,7 +280,7 @@ mod tests {
         );
         assert_eq!(
             shared
-                .load()
+                .config()
                 .roles
                 .get("web")
                 .unwrap()
@@ -238,7 +293,36 @@ mod tests {
     #[test]
     fn an_identical_file_changes_nothing() {
         let (_dir, path, shared) = setup();
+        let (roles, settings) = (
+            shared.roles().load_full(),
+            shared.imds_settings().load_full(),
+        );
         assert_eq!(reload(&path, &shared), Outcome::Unchanged);
+        assert!(Arc::ptr_eq(&roles, &shared.roles().load()));
+        assert!(Arc::ptr_eq(&settings, &shared.imds_settings().load()));
+    }
+
+    #[test]
+    fn a_new_passthrough_list_reaches_the_imds_doors_cell() {
+        let (_dir, path, shared) = setup();
+        std::fs::write(
+            &path,
+            r#"{"aliasToARN": {"web": "arn:aws:iam::123456789012:role/Web"}, "defaultAlias": "web",
+                "passthrough": ["meta-data/instance-id"], "requireToken": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            reload(&path, &shared),
+            Outcome::Applied {
+                restart_needed: vec![]
+            }
+        );
+        let settings = shared.imds_settings().load_full();
+        assert_eq!(
+            settings.passthrough,
+            vec!["meta-data/instance-id".to_string()]
+        );
+        assert!(settings.require_token);
     }
 
     #[tokio::test]
@@ -252,7 +336,7 @@ mod tests {
         std::fs::write(&temp, REMAPPED).unwrap();
         std::fs::rename(&temp, &path).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while shared.load().roles.get("web").unwrap().arn.name() != "Other" {
+        while shared.roles().load().get("web").unwrap().arn.name() != "Other" {
             assert!(std::time::Instant::now() < deadline, "not reloaded");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

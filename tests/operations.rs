@@ -9,11 +9,13 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use ec2metaproxy::broker::{spawn_prefetcher, Broker};
 use ec2metaproxy::container::Container;
 use ec2metaproxy::credentials::{CredentialCache, Timing};
 use ec2metaproxy::metrics::{self, ProxyReadiness, Readiness};
 use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::platform::{ContainerSource, EventStream, PlatformError};
+use ec2metaproxy::reload::Live;
 use ec2metaproxy::server::Limits;
 
 use crate::raw::{container, listen, loopback_fixture, FakeSts, Listening};
@@ -212,14 +214,16 @@ async fn a_started_container_finds_its_credentials_ready() {
     ));
     let index = ContainerIndex::watch(Arc::new(Static));
     let changes = index.subscribe();
+    let metadata = config.metadata_source("us-east-1");
+    let live = Live::new(config);
+    let broker = Arc::new(Broker::new(index, cache.clone(), live.roles()));
     let imds = Arc::new(ec2metaproxy::imds::Imds::new(
-        Arc::new(arc_swap::ArcSwap::from_pointee(config)),
-        index,
-        cache.clone(),
+        broker.clone(),
+        live.imds_settings(),
         ec2metaproxy::imds::token::TokenKey::random(),
-        "us-east-1",
+        metadata,
     ));
-    ec2metaproxy::imds::spawn_prefetcher(imds.clone(), changes);
+    spawn_prefetcher(broker, changes);
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while sts.calls.lock().unwrap().is_empty() {
         assert!(std::time::Instant::now() < deadline, "no prefetch");
@@ -266,16 +270,14 @@ async fn a_gone_containers_label_named_session_is_forgotten() {
         Timing::for_duration(Duration::from_secs(3600)),
     ));
     let labelled = container("gone", "10.9.0.9", &[("com.example.user", "alice")]);
-    let imds = ec2metaproxy::imds::Imds::new(
-        Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+    let broker = Broker::new(
         ContainerIndex::fixed(vec![labelled.clone()]),
         cache.clone(),
-        ec2metaproxy::imds::token::TokenKey::random(),
-        "us-east-1",
+        Live::new(config).roles(),
     );
-    imds.prefetch(&labelled).await;
+    broker.prefetch(&labelled).await;
     assert_eq!(&*sts.calls.lock().unwrap()[0].session_name, "alice");
     assert_eq!(cache.len(), 1);
-    imds.forget(&labelled);
+    broker.forget(&labelled);
     assert_eq!(cache.len(), 0);
 }

@@ -7,13 +7,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use ec2metaproxy::broker::Broker;
 use ec2metaproxy::config::Config;
 use ec2metaproxy::container::Container;
 use ec2metaproxy::credentials::sts::{AssumeRole, Credentials, Secret, StsError};
@@ -21,6 +21,8 @@ use ec2metaproxy::credentials::{CredentialCache, RoleRequest, Timing};
 use ec2metaproxy::imds::token::{Holder, TokenKey};
 use ec2metaproxy::imds::Imds;
 use ec2metaproxy::platform::index::ContainerIndex;
+use ec2metaproxy::platform::mapping::StaticMappings;
+use ec2metaproxy::reload::Live;
 use ec2metaproxy::server::{serve, Limits};
 
 pub(crate) const WEB_IP: &str = "172.30.0.2";
@@ -195,6 +197,14 @@ pub(crate) fn container(name: &str, ip: &str, labels: &[(&str, &str)]) -> Contai
 }
 
 pub(crate) async fn fixture_with(extra_config: &str, extra_containers: Vec<Container>) -> Fixture {
+    fixture_mapping(extra_config, extra_containers, None).await
+}
+
+async fn fixture_mapping(
+    extra_config: &str,
+    extra_containers: Vec<Container>,
+    mappings: Option<Arc<StaticMappings>>,
+) -> Fixture {
     let upstream = FakeUpstream::start().await;
     let text = format!(
         r#"{{
@@ -222,12 +232,17 @@ pub(crate) async fn fixture_with(extra_config: &str, extra_containers: Vec<Conta
     ));
     let tokens = TokenKey::random();
     let index = ContainerIndex::fixed(containers);
+    let metadata = config.metadata_source("us-east-1");
+    let live = Live::new(config);
+    let mut broker = Broker::new(index.clone(), cache, live.roles());
+    if let Some(mappings) = mappings {
+        broker = broker.with_static_mappings(mappings);
+    }
     let imds = Imds::new(
-        Arc::new(ArcSwap::from_pointee(config)),
-        index.clone(),
-        cache,
+        Arc::new(broker),
+        live.imds_settings(),
         tokens.clone(),
-        "us-east-1",
+        metadata,
     );
     Fixture {
         imds: Arc::new(imds),
@@ -823,20 +838,11 @@ mod routing {
     /// `roleMappingFile` answers addresses that are not Docker containers.
     #[tokio::test]
     async fn statically_mapped_addresses_get_their_aliases_role() {
-        let f = fixture().await;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mappings.json");
         std::fs::write(&path, r#"{"192.0.2.10": "web", "192.0.2.11": "nope"}"#).unwrap();
-        let mappings =
-            Arc::new(ec2metaproxy::platform::mapping::StaticMappings::load(&path).unwrap());
-        let imds = Arc::try_unwrap(f.imds)
-            .ok()
-            .unwrap()
-            .with_static_mappings(mappings);
-        let f = Fixture {
-            imds: Arc::new(imds),
-            ..fixture().await
-        };
+        let mappings = Arc::new(StaticMappings::load(&path).unwrap());
+        let f = fixture_mapping("", vec![], Some(mappings)).await;
         let listing = f
             .send(
                 "192.0.2.10",

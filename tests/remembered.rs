@@ -8,9 +8,9 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use http_body_util::BodyExt;
 
+use ec2metaproxy::broker::Broker;
 use ec2metaproxy::config::Config;
 use ec2metaproxy::container::Process;
 use ec2metaproxy::credentials::{CredentialCache, Timing};
@@ -18,6 +18,8 @@ use ec2metaproxy::imds::remembered::Remembered;
 use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::{Imds, TOKEN_HEADER, TTL_HEADER};
 use ec2metaproxy::platform::index::ContainerIndex;
+use ec2metaproxy::platform::mapping::StaticMappings;
+use ec2metaproxy::reload::Live;
 use ec2metaproxy::sys::ProcessWatch;
 
 use crate::raw::{container, now, request, FakeSts};
@@ -47,7 +49,7 @@ struct Answer {
 }
 
 struct Host {
-    config: Arc<ArcSwap<Config>>,
+    live: Live,
     docker: Arc<SilentDocker>,
     index: Arc<ContainerIndex>,
     credentials: Arc<CredentialCache>,
@@ -71,18 +73,19 @@ impl Host {
             sts.clone(),
             Timing::for_duration(Duration::from_secs(3600)),
         ));
-        let config = Arc::new(ArcSwap::from_pointee(
-            Config::parse(config, "test.json").unwrap(),
-        ));
+        let live = Live::new(Config::parse(config, "test.json").unwrap());
         let imds = Imds::new(
-            config.clone(),
-            index.clone(),
-            credentials.clone(),
+            Arc::new(Broker::new(
+                index.clone(),
+                credentials.clone(),
+                live.roles(),
+            )),
+            live.imds_settings(),
             TokenKey::random(),
-            "us-east-1",
+            live.config().metadata_source("us-east-1"),
         );
         Host {
-            config,
+            live,
             docker,
             index,
             credentials,
@@ -124,8 +127,7 @@ impl Host {
     }
 
     fn reload(&self, text: &str) {
-        self.config
-            .store(Arc::new(Config::parse(text, "test.json").unwrap()));
+        self.live.store(Config::parse(text, "test.json").unwrap());
     }
 
     /// Docker lists again (as after a missed event), and the index publishes.
@@ -220,6 +222,23 @@ async fn a_reload_that_remaps_the_alias_is_answered_by_respond() {
         calls.last().unwrap().role_arn.as_str(),
         "arn:aws:iam::333333333333:role/Web"
     );
+}
+
+/// The alias map and the door's settings are separate cells, stored one
+/// after the other on reload: a change to either one alone is seen.
+#[tokio::test]
+async fn a_new_snapshot_in_either_live_cell_is_answered_by_respond() {
+    let host = Host::start(CONFIG).await;
+    host.ask(CREDENTIALS, &[], now()).await;
+    assert_eq!(host.ask(CREDENTIALS, &[], now()).await.0, Source::Memory);
+    let roles = host.live.roles();
+    roles.store(Arc::new((**roles.load()).clone()));
+    assert_eq!(host.ask(CREDENTIALS, &[], now()).await.0, Source::Respond);
+    assert_eq!(host.ask(CREDENTIALS, &[], now()).await.0, Source::Memory);
+    let settings = host.live.imds_settings();
+    settings.store(Arc::new((**settings.load()).clone()));
+    assert_eq!(host.ask(CREDENTIALS, &[], now()).await.0, Source::Respond);
+    assert_eq!(host.ask(CREDENTIALS, &[], now()).await.0, Source::Memory);
 }
 
 #[tokio::test]
@@ -352,20 +371,23 @@ async fn a_static_mapping_is_always_answered_by_respond() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("mappings.json");
     std::fs::write(&file, r#"{"10.78.0.50": "web"}"#).unwrap();
-    let mappings = Arc::new(ec2metaproxy::platform::mapping::StaticMappings::load(&file).unwrap());
-    let imds = Imds::new(
-        Arc::new(ArcSwap::from_pointee(
-            Config::parse(CONFIG, "test.json").unwrap(),
-        )),
+    let mappings = Arc::new(StaticMappings::load(&file).unwrap());
+    let live = Live::new(Config::parse(CONFIG, "test.json").unwrap());
+    let broker = Broker::new(
         ContainerIndex::fixed(vec![]),
         Arc::new(CredentialCache::new(
             Arc::new(FakeSts::default()),
             Timing::for_duration(Duration::from_secs(3600)),
         )),
-        TokenKey::random(),
-        "us-east-1",
+        live.roles(),
     )
     .with_static_mappings(mappings.clone());
+    let imds = Imds::new(
+        Arc::new(broker),
+        live.imds_settings(),
+        TokenKey::random(),
+        live.config().metadata_source("us-east-1"),
+    );
     let memory = Remembered::default();
     let caller: IpAddr = "10.78.0.50".parse().unwrap();
     let parts = request("GET", CREDENTIALS, &[]);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use http_body_util::BodyExt;
 
+use ec2metaproxy::broker::Broker;
 use ec2metaproxy::config::Config;
 use ec2metaproxy::container::{Container, Process};
 use ec2metaproxy::credentials::{CredentialCache, Timing};
@@ -19,6 +20,7 @@ use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::{Imds, TOKEN_HEADER, TTL_HEADER};
 use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::platform::{ContainerSource, EventStream, PlatformError};
+use ec2metaproxy::reload::Live;
 use ec2metaproxy::sys::ProcessWatch;
 
 use crate::raw::{container, request, FakeSts};
@@ -92,12 +94,13 @@ impl Host {
             Arc::new(FakeSts::default()),
             Timing::for_duration(Duration::from_secs(3600)),
         ));
+        let metadata = config.metadata_source("us-east-1");
+        let live = Live::new(config);
         let imds = Imds::new(
-            Arc::new(arc_swap::ArcSwap::from_pointee(config)),
-            index,
-            credentials,
+            Arc::new(Broker::new(index, credentials, live.roles())),
+            live.imds_settings(),
             TokenKey::random(),
-            "us-east-1",
+            metadata,
         );
         Host {
             docker,

@@ -1,8 +1,9 @@
 //! The IMDS protocol: one function from (caller, request) to response.
 //!
 //! The server does I/O only; every decision is made in [`Imds::respond`],
-//! which reads snapshots (config, container index, credential cache) and
-//! holds no lock across an `.await`. Status codes follow how the SDKs react
+//! which reads snapshots (its settings, and through the broker the alias
+//! map, the container index and the credential cache) and holds no lock
+//! across an `.await`. Status codes follow how the SDKs react
 //! (see docs/ARCHITECTURE.md): 401 only for a bad token, 404 for anything a
 //! client should read as "no credentials here", 5xx only for real failures.
 
@@ -24,12 +25,9 @@ use futures_util::FutureExt;
 use http::{header, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::config::Config;
+use crate::broker::Broker;
 use crate::container::Container;
-use crate::credentials::{CredentialCache, RoleRequest};
-use crate::platform::index::{ContainerIndex, IndexChange};
-use crate::platform::mapping::StaticMappings;
-use crate::roles::{assign, container_session, Assignment, Role, RoleArn, RoleLookup};
+use crate::roles::{Assignment, Role, RoleMap};
 use crate::time::unix_secs;
 use local::LocalMetadata;
 use path::{canonicalize, classify, Flavor, Route, Version};
@@ -82,55 +80,53 @@ impl Reply {
     }
 }
 
+/// What the door reads on every request, swapped whole when the config
+/// is reloaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Metadata path prefixes (after the API version) that may reach the upstream.
+    pub passthrough: Vec<String>,
+    /// Refuse IMDSv1: a GET without a token is 401.
+    pub require_token: bool,
+}
+
+/// Where the metadata that is not the container's own comes from.
+#[derive(Debug, Clone)]
+pub enum MetadataSource {
+    /// The real metadata service at this URL.
+    Upstream(http::Uri),
+    /// No metadata service: the synthesised tree.
+    Local(LocalMetadata),
+}
+
 /// Everything a request needs, shared by all connections.
 pub struct Imds {
-    config: Arc<ArcSwap<Config>>,
-    index: Arc<ContainerIndex>,
-    credentials: Arc<CredentialCache>,
+    broker: Arc<Broker>,
+    settings: Arc<ArcSwap<Settings>>,
     tokens: TokenKey,
     upstream: Option<Upstream>,
     /// The synthesised tree, when there is no upstream.
     local: Option<LocalMetadata>,
-    /// Resolves bare role names for unmapped environment roles.
-    lookup: Arc<dyn RoleLookup>,
-    /// `roleMappingFile`: addresses that are not Docker containers.
-    mappings: Option<Arc<StaticMappings>>,
 }
 
 impl Imds {
     pub fn new(
-        config: Arc<ArcSwap<Config>>,
-        index: Arc<ContainerIndex>,
-        credentials: Arc<CredentialCache>,
+        broker: Arc<Broker>,
+        settings: Arc<ArcSwap<Settings>>,
         tokens: TokenKey,
-        region: &str,
+        metadata: MetadataSource,
     ) -> Imds {
-        let current = config.load();
-        let upstream = current.metadata_url.as_ref().map(Upstream::new);
-        let local = upstream.is_none().then(|| current.local_metadata(region));
-        drop(current);
+        let (upstream, local) = match metadata {
+            MetadataSource::Upstream(url) => (Some(Upstream::new(&url)), None),
+            MetadataSource::Local(local) => (None, Some(local)),
+        };
         Imds {
-            config,
-            index,
-            credentials,
+            broker,
+            settings,
             tokens,
             upstream,
             local,
-            lookup: Arc::new(NoLookup),
-            mappings: None,
         }
-    }
-
-    /// Also answers the addresses of a static mapping file.
-    pub fn with_static_mappings(mut self, mappings: Arc<StaticMappings>) -> Imds {
-        self.mappings = Some(mappings);
-        self
-    }
-
-    /// Resolves bare role names (unmapped environment roles) with `lookup`.
-    pub fn with_role_lookup(mut self, lookup: Arc<dyn RoleLookup>) -> Imds {
-        self.lookup = lookup;
-        self
     }
 
     /// Answers one request from `caller`. The body of the request is never read.
@@ -144,10 +140,10 @@ impl Imds {
             Ok(path) => path,
             Err(error) => return Reply::status(StatusCode::BAD_REQUEST, error.to_string()),
         };
-        let config = self.config.load();
-        let route = classify(&path, &config.passthrough);
+        let settings = self.settings.load();
+        let route = classify(&path, &settings.passthrough);
         let kind = route_kind(&route);
-        let mut reply = self.answer(caller, request, route, &config, now).await;
+        let mut reply = self.answer(caller, request, route, &settings, now).await;
         reply.route = kind;
         reply
     }
@@ -157,7 +153,7 @@ impl Imds {
         caller: IpAddr,
         request: &http::request::Parts,
         route: Route<'_>,
-        config: &Arc<Config>,
+        settings: &Arc<Settings>,
         now: SystemTime,
     ) -> Reply {
         let headers = &request.headers;
@@ -176,10 +172,10 @@ impl Imds {
             return method_not_allowed("GET, HEAD");
         }
         // Read before the lookup, for a remembered answer (see `remembered`).
-        let index_generation = self.index.generation();
-        let container = self.holder_of(caller).await;
+        let index_generation = self.broker.index_generation();
+        let container = self.broker.holder_of(caller).await;
         let holder = Holder::new(caller, container.as_deref().map(|c| c.id.as_str()));
-        if let Some((status, why)) = self.token_refusal(headers, holder, config, unix_now) {
+        if let Some((status, why)) = self.token_refusal(headers, holder, settings, unix_now) {
             return Reply::status(status, why);
         }
 
@@ -189,7 +185,8 @@ impl Imds {
                 "no running container has this address",
             );
         };
-        let assignment = match assign(&config.roles, &container, &*self.lookup).await {
+        let roles = self.broker.roles();
+        let assignment = match self.broker.assign(&roles, &container).await {
             Ok(assignment) => assignment,
             Err(error) => {
                 return Reply::status(StatusCode::NOT_FOUND, error.to_string())
@@ -210,7 +207,8 @@ impl Imds {
                 } else {
                     let remember = Remembrance {
                         path: request.uri.path(),
-                        config,
+                        roles: &roles,
+                        settings,
                         index_generation,
                         container: &container,
                     };
@@ -234,7 +232,7 @@ impl Imds {
         &self,
         headers: &http::HeaderMap,
         holder: Holder<'_>,
-        config: &Config,
+        settings: &Settings,
         unix_now: u64,
     ) -> Option<(StatusCode, &'static str)> {
         match headers.get(&TOKEN_NAME) {
@@ -248,59 +246,12 @@ impl Imds {
                 Some((StatusCode::UNAUTHORIZED, "invalid or expired token"))
             }
             Some(_) => None,
-            None if config.require_token => Some((
+            None if settings.require_token => Some((
                 StatusCode::UNAUTHORIZED,
                 "IMDSv1 refused: requireToken is set",
             )),
             None => None,
         }
-    }
-
-    /// The container that holds `caller`'s address now: Docker first, then
-    /// the static mappings, and only then a miss that waits for Docker to
-    /// catch up. A container whose process has exited is never the answer,
-    /// even before Docker's event says so: its address may be a new
-    /// container's already.
-    async fn holder_of(&self, caller: IpAddr) -> Option<Arc<Container>> {
-        let known = self
-            .index
-            .get(caller)
-            .or_else(|| self.mappings.as_ref().and_then(|m| m.get(caller)));
-        match known {
-            Some(container) if container.has_exited() => {
-                Box::pin(self.index.lookup_after_exit(caller, &container)).await
-            }
-            Some(container) => Some(container),
-            None => Box::pin(self.index.lookup(caller)).await,
-        }
-    }
-
-    /// Fetches a container's credentials ahead of its first request, so that
-    /// request is a cache hit. Errors are only logged: the request path will
-    /// try again and answer for itself.
-    pub async fn prefetch(&self, container: &Container) {
-        let config = self.config.load_full();
-        let Ok(assignment) = assign(&config.roles, container, &*self.lookup).await else {
-            return;
-        };
-        let request = role_request(&assignment);
-        match self.credentials.get(&request, SystemTime::now()).await {
-            Ok(_) => log::debug!(
-                "prefetched credentials of {} for container {}",
-                request.role_arn,
-                container.name
-            ),
-            Err(error) => log::warn!("prefetch for container {}: {error}", container.name),
-        }
-    }
-
-    /// Forgets the credentials of a container that is gone.
-    /// The session is derived as `assign` derives it, so a session named by
-    /// `roleSessionKey` is forgotten too.
-    pub fn forget(&self, container: &Container) {
-        let config = self.config.load();
-        self.credentials
-            .forget_session(&container_session(&config.roles, container));
     }
 
     async fn issue_token(
@@ -322,7 +273,7 @@ impl Imds {
                 "token PUT without a TTL of 1..=21600 seconds",
             );
         };
-        let container = self.holder_of(caller).await;
+        let container = self.broker.holder_of(caller).await;
         let holder = Holder::new(caller, container.as_deref().map(|c| c.id.as_str()));
         let token = self.tokens.issue(holder, ttl, unix_now);
         let mut response = document::text(token);
@@ -344,8 +295,7 @@ impl Imds {
         now: SystemTime,
         remember: Remembrance<'_>,
     ) -> Reply {
-        let request = role_request(assignment);
-        let held = match self.credentials.get_held(&request, now).await {
+        let held = match self.broker.credentials(assignment, now).await {
             Ok(held) => held,
             Err(error) => return Reply::status(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
         };
@@ -357,7 +307,8 @@ impl Imds {
         if !remember.container.is_stand_in() {
             reply.remember = Some(Box::new(remembered::Answer {
                 path: remember.path.into(),
-                config: remember.config.clone(),
+                roles: remember.roles.clone(),
+                settings: remember.settings.clone(),
                 index_generation: remember.index_generation,
                 container: remember.container.clone(),
                 role: assignment.role.clone(),
@@ -397,65 +348,10 @@ impl Imds {
 /// What a credentials answer was computed from, beyond the assignment.
 struct Remembrance<'a> {
     path: &'a str,
-    config: &'a Arc<Config>,
+    roles: &'a Arc<RoleMap>,
+    settings: &'a Arc<Settings>,
     index_generation: u64,
     container: &'a Arc<Container>,
-}
-
-/// At most this many prefetches run at once, so that a host starting many
-/// containers (or the proxy starting on a busy host) does not flood STS.
-const PREFETCH_CONCURRENCY: usize = 8;
-
-/// Prefetches credentials for containers as they appear, and forgets those of
-/// containers that are gone.
-pub fn spawn_prefetcher(
-    imds: Arc<Imds>,
-    mut changes: tokio::sync::broadcast::Receiver<IndexChange>,
-) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(PREFETCH_CONCURRENCY));
-    tokio::spawn(async move {
-        loop {
-            match changes.recv().await {
-                Ok(IndexChange::Up(container)) => {
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
-                        return;
-                    };
-                    let imds = imds.clone();
-                    tokio::spawn(async move {
-                        imds.prefetch(&container).await;
-                        drop(permit);
-                    });
-                }
-                Ok(IndexChange::Gone(container)) => imds.forget(&container),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                    log::warn!("prefetcher fell behind by {missed} container changes; they will be fetched on request")
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
-}
-
-fn role_request(assignment: &Assignment) -> RoleRequest {
-    RoleRequest {
-        role_arn: assignment.role.arn.clone(),
-        policy: assignment.policy.clone(),
-        session_name: assignment.session_name.clone(),
-        external_id: assignment.external_id.clone(),
-        duration: assignment.role.duration,
-    }
-}
-
-/// Used when no IAM lookup is wired: bare unmapped role names need an account.
-struct NoLookup;
-
-#[async_trait::async_trait]
-impl RoleLookup for NoLookup {
-    async fn role_arn(&self, name: &str) -> Result<RoleArn, String> {
-        Err(format!(
-            "no account for role \"{name}\": set defaultAccountId or write name@account"
-        ))
-    }
 }
 
 /// `/VERSION/meta-data/`: the listing of metadata categories.

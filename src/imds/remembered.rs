@@ -3,7 +3,7 @@
 //!
 //! SDKs keep their connection to the metadata service open and ask the same
 //! credentials path on it again and again. [`Imds::respond`] works the
-//! answer out from shared state each time: the path, the config, the
+//! answer out from shared state each time: the path, the settings, the
 //! container index, the alias map, the credential cache. Each step is cheap,
 //! but together they write a dozen reference counts and locks that every
 //! connection of a role shares, and on a busy host those writes move cache
@@ -13,7 +13,8 @@
 //!
 //! It answers only what `respond` would answer, byte for byte. It is kept
 //! for one exact path and thrown out when any input of the answer changes:
-//! - the config snapshot (a reload can remap the alias or the passthrough list);
+//! - the alias map and the door's settings, each by snapshot (a reload can
+//!   remap the alias or change the passthrough list);
 //! - the container index's generation (any container or address changed);
 //! - the container's process having exited (before Docker says so);
 //! - the cached credentials (refreshed, dropped, or under `min_left`).
@@ -31,11 +32,10 @@ use http::{Method, Response};
 use http_body_util::Full;
 
 use super::token::Holder;
-use super::{document, Imds, Reply};
-use crate::config::Config;
+use super::{document, Imds, Reply, Settings};
 use crate::container::Container;
 use crate::credentials::Held;
-use crate::roles::Role;
+use crate::roles::{Role, RoleMap};
 
 /// One connection's remembered answer; see the module's documentation.
 #[derive(Default)]
@@ -44,9 +44,11 @@ pub struct Remembered(Mutex<Option<Answer>>);
 /// A credentials answer and everything it was computed from.
 pub(super) struct Answer {
     /// The request's path as sent: the same bytes canonicalise and classify
-    /// the same way under the same config.
+    /// the same way under the same settings.
     pub(super) path: Box<str>,
-    pub(super) config: Arc<Config>,
+    /// The snapshots it was computed from, compared by identity.
+    pub(super) roles: Arc<RoleMap>,
+    pub(super) settings: Arc<Settings>,
     /// [`crate::platform::index::ContainerIndex::generation`], read before the container was looked up.
     pub(super) index_generation: u64,
     pub(super) container: Arc<Container>,
@@ -111,8 +113,9 @@ impl Imds {
         let guard = memory.lock();
         let answer = guard.as_ref()?;
         if *answer.path != *request.uri.path()
-            || !Arc::ptr_eq(&self.config.load(), &answer.config)
-            || self.index.generation() != answer.index_generation
+            || !Arc::ptr_eq(&self.settings.load(), &answer.settings)
+            || !Arc::ptr_eq(&self.broker.roles(), &answer.roles)
+            || self.broker.index_generation() != answer.index_generation
             || answer.container.has_exited()
         {
             return None;
@@ -120,7 +123,7 @@ impl Imds {
         let holder = Holder::new(caller, Some(&answer.container.id));
         let unix_now = crate::time::unix_secs(now);
         if self
-            .token_refusal(&request.headers, holder, &answer.config, unix_now)
+            .token_refusal(&request.headers, holder, &answer.settings, unix_now)
             .is_some()
         {
             return None;
