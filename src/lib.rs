@@ -8,6 +8,7 @@ pub mod broker;
 pub mod config;
 pub mod container;
 pub mod credentials;
+pub mod health;
 pub mod imds;
 pub mod logging;
 pub mod metrics;

@@ -10,10 +10,10 @@ use ec2metaproxy::broker::{spawn_prefetcher, Broker};
 use ec2metaproxy::config::Config;
 use ec2metaproxy::credentials::sts::AwsSts;
 use ec2metaproxy::credentials::{spawn_refresher, CredentialCache, Timing};
+use ec2metaproxy::health;
 use ec2metaproxy::imds::token::TokenKey;
 use ec2metaproxy::imds::Imds;
 use ec2metaproxy::logging;
-use ec2metaproxy::metrics;
 use ec2metaproxy::platform::docker::DockerSource;
 use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::platform::mapping::StaticMappings;
@@ -193,12 +193,12 @@ async fn run(config: Config) -> ExitCode {
                 .local_addr()
                 .map_or_else(|_| "?".into(), |a| a.to_string())
         );
-        let readiness = Arc::new(metrics::ProxyReadiness {
+        let readiness = Arc::new(health::ProxyReadiness {
             index: index.clone(),
             credentials: credentials.clone(),
         });
         let mut stop = stop.clone();
-        tokio::spawn(metrics::serve(listener, readiness, async move {
+        tokio::spawn(health::serve(listener, readiness, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
     }

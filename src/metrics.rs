@@ -1,29 +1,16 @@
-//! Prometheus metrics, and the separate listener that serves them with the
-//! health checks. Never on the container-facing listener: containers must
-//! not learn the host's aliases or traffic.
+//! Prometheus metrics: the registry every layer counts into. The health
+//! listener (`health`) serves them; never the container-facing listener:
+//! containers must not learn the host's aliases or traffic.
 //!
 //! Labels stay low-cardinality: route kinds, status codes, aliases from the
 //! config, STS error codes. No container IDs or names.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
-use tokio::net::TcpListener;
-
-use crate::credentials::CredentialCache;
-use crate::platform::index::ContainerIndex;
 
 /// Every metric the proxy exports.
 pub struct Metrics {
@@ -191,90 +178,4 @@ thread_local! {
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
-}
-
-/// What `/readyz` asks.
-pub trait Readiness: Send + Sync + 'static {
-    /// `Ok` when ready, else why not.
-    fn ready(&self) -> Result<(), String>;
-}
-
-/// The proxy's readiness: the Docker index is synced, and STS answers or
-/// credentials are cached to serve meanwhile.
-pub struct ProxyReadiness {
-    pub index: Arc<ContainerIndex>,
-    pub credentials: Arc<CredentialCache>,
-}
-
-impl Readiness for ProxyReadiness {
-    fn ready(&self) -> Result<(), String> {
-        if !self.index.is_synced() {
-            return Err("the Docker container index is not synced".into());
-        }
-        self.credentials.ready()
-    }
-}
-
-/// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    readiness: Arc<dyn Readiness>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    log::warn!("metrics listener: accept failed: {error}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return,
-        };
-        let readiness = readiness.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| answer(readiness.clone(), request));
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-async fn answer(
-    readiness: Arc<dyn Readiness>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (status, content_type, body) = match request.uri().path() {
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" => match readiness.ready() {
-            Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-            Err(why) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("not ready: {why}\n"),
-            ),
-        },
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics().render(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_string(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    Ok(response)
 }

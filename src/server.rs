@@ -1,16 +1,17 @@
-//! The container-facing HTTP listener: accept loop, limits, request IDs and
-//! the request/response log lines, graceful shutdown. No IMDS logic here.
+//! The HTTP listener every front door is served through: accept loop,
+//! limits, request IDs and the request/response log lines, graceful
+//! shutdown. It knows no protocol: a [`Service`] answers each request.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -20,10 +21,57 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::imds::remembered::Remembered;
-use crate::imds::Imds;
 use crate::logging::{RequestLine, ResponseLine};
 use crate::metrics::metrics;
+
+/// What a listener serves: a front door. It is shared by every
+/// connection; a connection's own state is made when it is accepted.
+pub trait Service: Send + Sync + 'static {
+    /// Per-connection state (the IMDS door keeps its remembered answer here).
+    type Connection: Send + Sync + 'static;
+
+    fn connect(&self, peer: &Peer) -> Self::Connection;
+
+    /// Answers one request. A door calls [`Request::finish`] on the way
+    /// out, with the names its response line should carry.
+    fn call(
+        &self,
+        connection: &Self::Connection,
+        request: Request<'_>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+}
+
+/// The other end of a connection, and the socket it reached.
+pub struct Peer {
+    /// The caller's address, an IPv4-mapped IPv6 address as IPv4.
+    pub ip: IpAddr,
+    /// `ip` formatted once, for every request line of the connection.
+    ip_text: Box<str>,
+    /// The local address of the accepted socket (`0.0.0.0:0` in the
+    /// unlikely case the kernel cannot say).
+    pub local: SocketAddr,
+}
+
+/// One request, as the server hands it to a [`Service`].
+pub struct Request<'a> {
+    /// The head; the body is never read.
+    pub parts: http::request::Parts,
+    pub peer: &'a Peer,
+    /// The request ID; empty when the listener does not log requests.
+    id: &'a str,
+    started: Instant,
+}
+
+/// What the response line and the metrics say of an answer. The names are
+/// borrowed, so a door can log names it only holds for the moment.
+pub struct Answered<'a> {
+    pub container: &'a str,
+    pub alias: &'a str,
+    /// The kind of route, for metrics: a fixed, low-cardinality name.
+    pub route: &'static str,
+    /// Why the answer is not a plain 200; never holds a secret.
+    pub reason: Option<&'a str>,
+}
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Parsed once rather than on every response.
@@ -38,10 +86,16 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// A request head must arrive within this; also bounds idle keep-alive.
     pub header_read_timeout: Duration,
-    /// hyper's read buffer, which bounds the request head (answered 431 past it).
-    pub max_head_bytes: usize,
-    /// How long shutdown waits for requests in flight.
+    /// hyper's read buffer, which bounds the request head (answered 431
+    /// past it); hyper's default (about 400 KiB) when `None`.
+    pub max_head_bytes: Option<usize>,
+    /// How long shutdown waits for requests in flight. Zero: `serve`
+    /// returns at once (its connections are told to close after their
+    /// request in flight).
     pub drain: Duration,
+    /// Give each request an ID (the `X-Request-Id` header), log its request
+    /// and response lines, and count it in the request metrics.
+    pub log_requests: bool,
 }
 
 impl Default for Limits {
@@ -51,29 +105,37 @@ impl Default for Limits {
             max_connections_per_ip: 64,
             header_read_timeout: Duration::from_secs(5),
             // hyper's minimum; IMDS requests are a few hundred bytes.
-            max_head_bytes: 16 * 1024,
+            max_head_bytes: Some(16 * 1024),
             drain: Duration::from_secs(10),
+            log_requests: true,
         }
     }
 }
 
-/// Serves `listener` until `shutdown` completes, then drains connections for
-/// at most `limits.drain`.
-pub async fn serve(
+/// Serves `service` on `listener` until `shutdown` completes, then drains
+/// connections for at most `limits.drain`.
+pub async fn serve<S: Service>(
     listener: TcpListener,
-    imds: Arc<Imds>,
+    service: Arc<S>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let permits = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_head_bytes)
         .keep_alive(true);
+    if let Some(max) = limits.max_head_bytes {
+        builder.max_buf_size(max);
+    }
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -85,7 +147,7 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like: back off, never exit.
-                    log::warn!("accept failed: {error}");
+                    log::warn!("accept failed on {local}: {error}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -98,14 +160,21 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let peer = Arc::new(Peer {
-            imds: imds.clone(),
+        let peer = Peer {
             ip: caller,
             ip_text: caller.to_string().into(),
-            remembered: Remembered::default(),
+            local: stream
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        };
+        let connection = Arc::new(Connection {
+            state: service.connect(&peer),
+            service: service.clone(),
+            peer,
+            log_requests: limits.log_requests,
         });
-        let service = service_fn(move |request| handle(peer.clone(), request));
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let handler = service_fn(move |request| handle(connection.clone(), request));
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), handler));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 log::debug!("connection from {caller} closed: {error}");
@@ -115,6 +184,9 @@ pub async fn serve(
         });
     }
     drop(listener);
+    if limits.drain.is_zero() {
+        return;
+    }
     tokio::select! {
         _ = graceful.shutdown() => log::info!("all connections closed"),
         _ = tokio::time::sleep(limits.drain) => {
@@ -178,91 +250,79 @@ impl Drop for IpSlot {
     }
 }
 
-/// One connection's caller; its address is formatted once, for every
-/// request line of the connection.
-struct Peer {
-    imds: Arc<Imds>,
-    ip: IpAddr,
-    ip_text: Box<str>,
-    /// The connection's last credentials answer (hyper hands a connection's
-    /// requests over one at a time, so its lock is never contended).
-    remembered: Remembered,
+/// One accepted connection: the service, the caller, and the service's
+/// state for this connection (hyper hands a connection's requests over one
+/// at a time).
+struct Connection<S: Service> {
+    service: Arc<S>,
+    peer: Peer,
+    state: S::Connection,
+    log_requests: bool,
 }
 
-async fn handle(
-    peer: Arc<Peer>,
-    request: Request<Incoming>,
+async fn handle<S: Service>(
+    connection: Arc<Connection<S>>,
+    request: hyper::Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let mut id_text = uuid::Uuid::encode_buffer();
-    let id = &*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id_text);
     let (parts, _body) = request.into_parts();
-    // Fields as text already, so the log line is copied rather than formatted.
-    let method = parts.method.as_str();
-    let path = match origin_form(&parts.uri) {
-        Some(path) => Cow::Borrowed(path),
-        None => Cow::Owned(parts.uri.to_string()),
-    };
-    RequestLine {
-        id,
-        remote: &peer.ip_text,
-        method,
-        path: &path,
-    }
-    .log();
-    let now = SystemTime::now();
-    if let Some(mut hit) = peer.imds.remembered(&peer.remembered, peer.ip, &parts, now) {
-        let mut response = hit.take_response();
-        Answered {
-            container: hit.container_name(),
-            alias: hit.alias(),
-            route: "credentials",
-            reason: None,
-        }
-        .finish(&mut response, id, started);
-        return Ok(response);
-    }
-    let mut reply = peer.imds.respond(peer.ip, &parts, now).await;
-    peer.remembered.keep(&mut reply);
-    let mut response = reply.response;
-    Answered {
-        container: reply.container.as_ref().map_or("-", |c| c.name.as_str()),
-        alias: reply.role.as_ref().map_or("-", |r| r.alias.as_str()),
-        route: reply.route,
-        reason: reply.reason.as_deref(),
-    }
-    .finish(&mut response, id, started);
-    Ok(response)
-}
-
-/// What the response line and the metrics say of an answer.
-struct Answered<'a> {
-    container: &'a str,
-    alias: &'a str,
-    route: &'static str,
-    reason: Option<&'a str>,
-}
-
-impl Answered<'_> {
-    /// Tags `response` with the request ID, logs the response line and
-    /// counts the request.
-    fn finish(self, response: &mut Response<Full<Bytes>>, id: &str, started: Instant) {
-        response.headers_mut().insert(
-            REQUEST_ID_NAME,
-            HeaderValue::from_str(id).expect("a UUID is a header value"),
-        );
-        let elapsed = started.elapsed();
-        let status = response.status().as_u16();
-        ResponseLine {
+    let peer = &connection.peer;
+    let id = if connection.log_requests {
+        let id = &*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id_text);
+        // Fields as text already, so the log line is copied rather than formatted.
+        let path = match origin_form(&parts.uri) {
+            Some(path) => Cow::Borrowed(path),
+            None => Cow::Owned(parts.uri.to_string()),
+        };
+        RequestLine {
             id,
-            status,
-            container: self.container,
-            alias: self.alias,
-            elapsed,
-            reason: self.reason,
+            remote: &peer.ip_text,
+            method: parts.method.as_str(),
+            path: &path,
         }
         .log();
-        metrics().count_request(self.route, status, self.alias, elapsed.as_secs_f64());
+        id
+    } else {
+        ""
+    };
+    let request = Request {
+        parts,
+        peer,
+        id,
+        started,
+    };
+    Ok(connection.service.call(&connection.state, request).await)
+}
+
+impl Request<'_> {
+    /// Tags `response` with the request ID, logs the response line and
+    /// counts the request; nothing when the listener does not log requests.
+    pub fn finish(self, response: &mut Response<Full<Bytes>>, answered: Answered<'_>) {
+        if self.id.is_empty() {
+            return;
+        }
+        response.headers_mut().insert(
+            REQUEST_ID_NAME,
+            HeaderValue::from_str(self.id).expect("a UUID is a header value"),
+        );
+        let elapsed = self.started.elapsed();
+        let status = response.status().as_u16();
+        ResponseLine {
+            id: self.id,
+            status,
+            container: answered.container,
+            alias: answered.alias,
+            elapsed,
+            reason: answered.reason,
+        }
+        .log();
+        metrics().count_request(
+            answered.route,
+            status,
+            answered.alias,
+            elapsed.as_secs_f64(),
+        );
     }
 }
 

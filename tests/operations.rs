@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use ec2metaproxy::broker::{spawn_prefetcher, Broker};
 use ec2metaproxy::container::Container;
 use ec2metaproxy::credentials::{CredentialCache, Timing};
-use ec2metaproxy::metrics::{self, ProxyReadiness, Readiness};
+use ec2metaproxy::health::{self, ProxyReadiness, Readiness};
 use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::platform::{ContainerSource, EventStream, PlatformError};
 use ec2metaproxy::reload::Live;
@@ -44,7 +44,7 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 async fn metrics_listener(readiness: Arc<dyn Readiness>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(metrics::serve(listener, readiness, std::future::pending()));
+    tokio::spawn(health::serve(listener, readiness, std::future::pending()));
     addr
 }
 

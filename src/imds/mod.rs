@@ -28,6 +28,7 @@ use http_body_util::Full;
 use crate::broker::Broker;
 use crate::container::Container;
 use crate::roles::{Assignment, Role, RoleMap};
+use crate::server::{Answered, Peer, Request, Service};
 use crate::time::unix_secs;
 use local::LocalMetadata;
 use path::{canonicalize, classify, Flavor, Route, Version};
@@ -342,6 +343,51 @@ impl Imds {
             Ok(response) => Reply::new(response),
             Err(error) => Reply::status(StatusCode::BAD_GATEWAY, error.to_string()),
         }
+    }
+}
+
+/// The IMDS listener: each connection remembers its last credentials
+/// answer; every other request goes to [`Imds::respond`].
+impl Service for Imds {
+    type Connection = remembered::Remembered;
+
+    fn connect(&self, _peer: &Peer) -> remembered::Remembered {
+        remembered::Remembered::default()
+    }
+
+    async fn call(
+        &self,
+        memory: &remembered::Remembered,
+        request: Request<'_>,
+    ) -> Response<Full<Bytes>> {
+        let caller = request.peer.ip;
+        let now = SystemTime::now();
+        if let Some(mut hit) = self.remembered(memory, caller, &request.parts, now) {
+            let mut response = hit.take_response();
+            request.finish(
+                &mut response,
+                Answered {
+                    container: hit.container_name(),
+                    alias: hit.alias(),
+                    route: "credentials",
+                    reason: None,
+                },
+            );
+            return response;
+        }
+        let mut reply = self.respond(caller, &request.parts, now).await;
+        memory.keep(&mut reply);
+        let mut response = reply.response;
+        request.finish(
+            &mut response,
+            Answered {
+                container: reply.container.as_ref().map_or("-", |c| c.name.as_str()),
+                alias: reply.role.as_ref().map_or("-", |r| r.alias.as_str()),
+                route: reply.route,
+                reason: reply.reason.as_deref(),
+            },
+        );
+        response
     }
 }
 
