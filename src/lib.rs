@@ -1,8 +1,16 @@
 //! ec2metaproxy: serves each Docker container the AWS credentials of its own
 //! IAM role through the EC2 instance metadata API.
 //!
-//! Data flows one way: [`server`] -> [`imds`] -> ([`docker`], [`roles`],
-//! [`credentials`]); see docs/ARCHITECTURE.md.
+//! Layers, bottom to top; a module uses only lower layers (tests/architecture.rs
+//! holds this, docs/ARCHITECTURE.md explains it):
+//! - L0 leaves: [`time`], [`sys`], [`metrics`], [`logging`]
+//! - L1: [`server`] (the generic listener), [`container`] (the shared model)
+//! - L2: [`platform`] (where callers come from), [`roles`] (which role they get)
+//! - L3: [`credentials`] (the STS cache)
+//! - L4: [`broker`] (the core every front door calls; knows no protocol)
+//! - L5 front doors: [`imds`], [`health`] (they know no config file)
+//! - L6: [`config`] (builds every lower layer's settings)
+//! - L7: [`reload`] (puts a new config in force); main.rs only wires.
 
 pub mod broker;
 pub mod config;
