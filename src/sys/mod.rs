@@ -1,71 +1,12 @@
 //! What the proxy asks of the kernel and the C library: the open-file
-//! limit, malloc's arenas, giving freed heap back, and whether a process
-//! has exited.
+//! limit, malloc's arenas, giving freed heap back, whether a process has
+//! exited ([`process`]) and which connections its network namespace holds
+//! ([`sockets`]).
 
-use std::fmt;
-use std::os::fd::OwnedFd;
+pub mod process;
+pub mod sockets;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use rustix::process::{pidfd_open, Pid, PidfdFlags};
-
-/// A handle on a process (a pidfd), which the kernel makes readable the
-/// instant the process exits: a container's init process, for one.
-pub struct ProcessWatch {
-    pid: i32,
-    fd: OwnedFd,
-}
-
-impl ProcessWatch {
-    /// Watches `pid` with no check that it is a container's: for a caller
-    /// that knows whose process it is (tests, a platform that owns its pids).
-    pub fn unchecked(pid: i32) -> std::io::Result<ProcessWatch> {
-        let Some(raw) = Pid::from_raw(pid) else {
-            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-        };
-        let fd = pidfd_open(raw, PidfdFlags::empty())?;
-        Ok(ProcessWatch { pid, fd })
-    }
-
-    /// True once the process has exited. Never blocks.
-    pub fn has_exited(&self) -> bool {
-        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        let now = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        match poll(&mut fds, Some(&now)) {
-            Ok(ready) => ready > 0,
-            // A pidfd that cannot be polled cannot vouch for the process.
-            Err(_) => true,
-        }
-    }
-
-    /// Watches the process `fd` (from `pidfd_open(2)`) refers to.
-    pub fn from_pidfd(pid: i32, fd: OwnedFd) -> ProcessWatch {
-        ProcessWatch { pid, fd }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-}
-
-impl fmt::Debug for ProcessWatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProcessWatch")
-            .field("pid", &self.pid)
-            .finish()
-    }
-}
-
-/// Two watches are the same when they watch the same pid.
-impl PartialEq for ProcessWatch {
-    fn eq(&self, other: &ProcessWatch) -> bool {
-        self.pid == other.pid
-    }
-}
-
-impl Eq for ProcessWatch {}
+pub use process::ProcessWatch;
 
 /// Raises the soft limit on open files to the hard limit, as servers do:
 /// each watched container holds a pidfd, beside up to 4096 connections, and
