@@ -4,13 +4,13 @@
 //! map, and knows no HTTP and no config file: a door turns its protocol
 //! into these calls.
 
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, Guard};
 
-use crate::container::Container;
+use crate::container::{Container, Process};
 use crate::credentials::sts::StsError;
 use crate::credentials::{CredentialCache, Held, RoleRequest};
 use crate::platform::index::{ContainerIndex, IndexChange};
@@ -18,6 +18,78 @@ use crate::platform::mapping::StaticMappings;
 use crate::roles::{
     assign, container_session, Assignment, RoleArn, RoleError, RoleLookup, RoleMap,
 };
+use crate::sys::process::Connection;
+
+/// One connection's caller, as the core knows it: the address it comes
+/// from, the addresses it may have dialled to reach the proxy, and what the
+/// proof of its container found, kept for the connection's life so that
+/// only its first request pays for it.
+pub struct Caller {
+    pub ip: IpAddr,
+    /// The caller's end of the connection.
+    peer: SocketAddr,
+    /// Where the caller may have sent its SYN: the proxy's own address, the
+    /// destination before NAT, and the door's well-known addresses.
+    dialled: Vec<SocketAddr>,
+    /// The container last proven (or refused) for this connection.
+    proof: Mutex<Option<(Arc<Container>, Proof)>>,
+}
+
+/// What the proof found for one connection and one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Proof {
+    /// The connection is in the container's network namespace.
+    Proven,
+    /// The proof cannot be made; served by address, as configured.
+    ByAddress,
+    Refused(Refusal),
+}
+
+/// Why a caller is not served as the container that holds its address.
+/// Each is answered as an unknown caller is (404): the caller learns nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Its side of the connection is not in the container's network
+    /// namespace: another container may be wearing the address.
+    #[error("caller not proven: the connection is not in container {0}'s network namespace")]
+    NotProven(String),
+    /// The proof cannot be made here and `requireCallerProof` is on.
+    #[error("caller not proven: {0} (requireCallerProof is on)")]
+    Unprovable(String),
+}
+
+impl Caller {
+    /// The caller at `peer`, which reached the proxy at one of `dialled`.
+    pub fn new(peer: SocketAddr, dialled: Vec<SocketAddr>) -> Caller {
+        Caller {
+            ip: peer.ip().to_canonical(),
+            peer,
+            dialled,
+            proof: Mutex::new(None),
+        }
+    }
+
+    /// A caller known only by its address, whose connection cannot be
+    /// proven: for tests and callers without a connection of their own.
+    pub fn address(ip: IpAddr) -> Caller {
+        Caller::new(SocketAddr::new(ip, 0), Vec::new())
+    }
+
+    /// What was found earlier for `container`, if this connection was
+    /// proven for that same container.
+    fn proof_for(&self, container: &Arc<Container>) -> Option<Proof> {
+        let proof = self.proof.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*proof {
+            Some((proven, found)) if Arc::ptr_eq(proven, container) => Some(found.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep_proof(&self, container: &Arc<Container>, found: Proof) {
+        *self.proof.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((container.clone(), found));
+    }
+}
 
 /// Everything a door asks of the core, shared by all doors and connections.
 pub struct Broker {
@@ -29,6 +101,9 @@ pub struct Broker {
     lookup: Arc<dyn RoleLookup>,
     /// `roleMappingFile`: addresses that are not Docker containers.
     mappings: Option<Arc<StaticMappings>>,
+    /// Refuse containers whose connections cannot be proven
+    /// (`requireCallerProof`); off, they are served by address alone.
+    require_proof: bool,
 }
 
 impl Broker {
@@ -43,7 +118,15 @@ impl Broker {
             roles,
             lookup: Arc::new(NoLookup),
             mappings: None,
+            require_proof: false,
         }
+    }
+
+    /// Refuses callers whose connection cannot be proven to be their
+    /// container's, instead of serving them by address alone.
+    pub fn requiring_proof(mut self, require: bool) -> Broker {
+        self.require_proof = require;
+        self
     }
 
     /// Also answers the addresses of a static mapping file.
@@ -88,6 +171,59 @@ impl Broker {
             }
             Some(container) => Some(container),
             None => Box::pin(self.index.lookup(caller)).await,
+        }
+    }
+
+    /// The container `caller` is, proven: [`holder_of`](Self::holder_of)
+    /// its address, and its side of the connection found in that
+    /// container's network namespace. Where the proof cannot be made, the
+    /// caller is refused or served by address, as configured. Static
+    /// mappings are addresses by definition and are served as such. The
+    /// first request of a connection pays for the proof (one netlink round
+    /// trip); the connection keeps what was found.
+    pub async fn identify(&self, caller: &Caller) -> Result<Option<Arc<Container>>, Refusal> {
+        let Some(mut container) = self.holder_of(caller.ip).await else {
+            return Ok(None);
+        };
+        if container.is_stand_in() {
+            return Ok(Some(container));
+        }
+        let found = match caller.proof_for(&container) {
+            Some(found) => found,
+            None => {
+                if container.process == Process::NotInspected {
+                    // Listed, not yet inspected: its process is moments away.
+                    match Box::pin(self.index.inspected(caller.ip)).await {
+                        Some(inspected) => container = inspected,
+                        None => return Ok(None),
+                    }
+                }
+                let found = self.prove(caller, &container);
+                caller.keep_proof(&container, found.clone());
+                found
+            }
+        };
+        match found {
+            Proof::Proven | Proof::ByAddress => Ok(Some(container)),
+            Proof::Refused(refusal) => Err(refusal),
+        }
+    }
+
+    fn prove(&self, caller: &Caller, container: &Container) -> Proof {
+        match container.connection(caller.peer, &caller.dialled) {
+            Connection::Found => Proof::Proven,
+            Connection::NotFound => {
+                log::warn!(
+                    "connection from {} refused: not found in container {} ({})'s network \
+                     namespace; another container may be wearing its address",
+                    caller.peer,
+                    container.name,
+                    container.short_id()
+                );
+                Proof::Refused(Refusal::NotProven(container.name.clone()))
+            }
+            Connection::Unknown(_) if !self.require_proof => Proof::ByAddress,
+            Connection::Unknown(why) => Proof::Refused(Refusal::Unprovable(why)),
         }
     }
 
@@ -194,5 +330,180 @@ impl RoleLookup for NoLookup {
         Err(format!(
             "no account for role \"{name}\": set defaultAccountId or write name@account"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    use crate::credentials::sts::{AssumeRole, Credentials};
+    use crate::credentials::Timing;
+    use crate::sys::ProcessWatch;
+
+    /// Identifying a caller never calls STS.
+    struct NoSts;
+
+    #[async_trait::async_trait]
+    impl AssumeRole for NoSts {
+        async fn assume_role(
+            &self,
+            request: &RoleRequest,
+            _duration: Duration,
+        ) -> Result<Credentials, StsError> {
+            panic!("STS called for {}", request.role_arn)
+        }
+    }
+
+    fn broker(container: Container, require_proof: bool) -> Broker {
+        let roles = RoleMap {
+            aliases: Default::default(),
+            default_alias: "default".into(),
+            default_policy: None,
+            role_env: None,
+            allow_unmapped: false,
+            account_map: Default::default(),
+            default_account: None,
+            session_key: None,
+        };
+        Broker::new(
+            ContainerIndex::fixed(vec![container]),
+            Arc::new(CredentialCache::new(
+                Arc::new(NoSts),
+                Timing::for_duration(Duration::from_secs(3600)),
+            )),
+            Arc::new(ArcSwap::from_pointee(roles)),
+        )
+        .requiring_proof(require_proof)
+    }
+
+    /// This test process stands in for a container's init process: its
+    /// network namespace holds the client side of `connected()`.
+    fn this_process_as_a_container(ip: &str) -> Container {
+        let watch = ProcessWatch::unchecked(std::process::id() as i32)
+            .unwrap()
+            .with_socket_table();
+        Container::new(
+            "0123456789abcdef".into(),
+            "/web",
+            Default::default(),
+            vec![ip.parse().unwrap()],
+        )
+        .with_process(Process::Watched(Arc::new(watch)))
+    }
+
+    fn connected() -> (TcpListener, TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (listener, client, server)
+    }
+
+    /// Entering a network namespace needs CAP_SYS_ADMIN, as CI (root) has.
+    fn can_prove() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    #[tokio::test]
+    async fn a_connection_found_in_the_containers_namespace_is_served_as_the_container() {
+        let broker = broker(this_process_as_a_container("127.0.0.1"), true);
+        let (listener, client, _server) = connected();
+        let caller = Caller::new(
+            client.local_addr().unwrap(),
+            vec![listener.local_addr().unwrap()],
+        );
+        let identified = broker.identify(&caller).await;
+        if can_prove() {
+            assert_eq!(identified.unwrap().unwrap().name, "web");
+        } else {
+            assert!(
+                matches!(identified, Err(Refusal::Unprovable(why)) if why.contains("cannot enter the network namespace"))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_not_in_the_containers_namespace_is_refused_whatever_the_setting() {
+        // What a neighbour wearing the address looks like: the address is
+        // the container's, but no socket of the container has this port.
+        let (listener, client, _server) = connected();
+        let worn = SocketAddr::new(
+            client.local_addr().unwrap().ip(),
+            client.local_addr().unwrap().port().wrapping_add(1).max(1),
+        );
+        for require in [true, false] {
+            let broker = broker(this_process_as_a_container("127.0.0.1"), require);
+            let caller = Caller::new(worn, vec![listener.local_addr().unwrap()]);
+            let identified = broker.identify(&caller).await;
+            if can_prove() {
+                assert_eq!(identified.unwrap_err(), Refusal::NotProven("web".into()));
+            } else {
+                assert_eq!(identified.is_err(), require);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_keeps_its_proof_for_its_life() {
+        let broker = broker(this_process_as_a_container("127.0.0.1"), true);
+        let (listener, client, server) = connected();
+        let caller = Caller::new(
+            client.local_addr().unwrap(),
+            vec![listener.local_addr().unwrap()],
+        );
+        let first = broker.identify(&caller).await;
+        // Asked again, the namespace would no longer have the connection:
+        // the second answer comes from what the first request found.
+        drop((client, server));
+        let second = broker.identify(&caller).await;
+        assert_eq!(first.map(|c| c.is_some()), second.map(|c| c.is_some()));
+        if can_prove() {
+            let fresh = Caller::new(caller.peer, caller.dialled.clone());
+            assert!(matches!(
+                broker.identify(&fresh).await,
+                Err(Refusal::NotProven(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn where_no_proof_can_be_made_the_setting_decides() {
+        let unwatched = || {
+            Container::new(
+                "0123456789abcdef".into(),
+                "/web",
+                Default::default(),
+                vec!["127.0.0.1".parse().unwrap()],
+            )
+            .with_process(Process::Unwatched)
+        };
+        let caller = Caller::address("127.0.0.1".parse().unwrap());
+        let served = broker(unwatched(), false).identify(&caller).await;
+        assert_eq!(served.unwrap().unwrap().name, "web");
+        let caller = Caller::address("127.0.0.1".parse().unwrap());
+        let refused = broker(unwatched(), true).identify(&caller).await;
+        assert!(
+            matches!(&refused, Err(Refusal::Unprovable(why)) if why.contains("cannot be checked")),
+            "{refused:?}"
+        );
+        assert!(refused
+            .unwrap_err()
+            .to_string()
+            .ends_with("(requireCallerProof is on)"));
+    }
+
+    #[tokio::test]
+    async fn a_static_mapping_is_an_address_by_definition() {
+        let stand_in = Container::new(
+            String::new(),
+            "ip-127-0-0-1",
+            Default::default(),
+            vec!["127.0.0.1".parse().unwrap()],
+        );
+        let caller = Caller::address("127.0.0.1".parse().unwrap());
+        let served = broker(stand_in, true).identify(&caller).await;
+        assert!(served.unwrap().unwrap().is_stand_in());
     }
 }

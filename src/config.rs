@@ -85,6 +85,7 @@ const KNOWN_KEYS: &[&str] = &[
     "roleSessionKey",
     "stsRegion",
     "roleMappingFile",
+    "requireCallerProof",
 ];
 
 /// A validated configuration. Cheap to share: handlers read it through an `Arc`.
@@ -101,6 +102,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub session_duration: Duration,
     pub require_token: bool,
+    /// Refuse credentials to containers whose connections cannot be proven
+    /// to be their own (see docs/security.md); off, serve them by address.
+    pub require_caller_proof: bool,
     /// Metadata path prefixes (after the API version) that may reach the upstream.
     pub passthrough: Vec<String>,
     /// Health and metrics listener; off when `None`.
@@ -135,6 +139,7 @@ pub const RESTART_KEYS: &[(&str, ReadSetting)] = &[
     }),
     ("stsRegion", |c| format!("{:?}", c.sts_region)),
     ("roleMappingFile", |c| format!("{:?}", c.role_mapping_file)),
+    ("requireCallerProof", |c| c.require_caller_proof.to_string()),
     // Which environment variables are kept is decided when Docker is listed.
     ("roleEnv", |c| format!("{:?}", c.roles.role_env)),
     ("roleSessionKey", |c| format!("{:?}", c.roles.session_key)),
@@ -515,6 +520,7 @@ impl Validator<'_> {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             session_duration: Duration::from_secs(session_secs),
             require_token: self.optional_bool("requireToken")?.unwrap_or(false),
+            require_caller_proof: self.optional_bool("requireCallerProof")?.unwrap_or(true),
             passthrough,
             metrics_listen,
             log_format,

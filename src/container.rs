@@ -2,11 +2,12 @@
 //! it, its labels, and the STS session name that names it. A leaf: it knows
 //! no platform, no config file and no protocol.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::sys::process::Connection;
 use crate::sys::ProcessWatch;
 
 /// Label that selects an alias from the config's `aliasToARN`.
@@ -85,6 +86,25 @@ impl Container {
         match &self.process {
             Process::Watched(watch) => watch.has_exited(),
             Process::NotInspected | Process::Unwatched => false,
+        }
+    }
+
+    /// Whether the connection from `peer` to one of `dialled` (the
+    /// addresses the caller may have dialled to reach the proxy: before and
+    /// after NAT) is this container's own: its side of it must be in the
+    /// container's network namespace. A neighbour that wears the
+    /// container's address from its own namespace is never found there.
+    pub fn connection(&self, peer: SocketAddr, dialled: &[SocketAddr]) -> Connection {
+        match &self.process {
+            Process::Watched(watch) => watch.connection(peer, dialled),
+            Process::Unwatched => Connection::Unknown(
+                "its process cannot be checked from here (the proxy is not in Docker's PID \
+                 namespace, or Docker is remote)"
+                    .into(),
+            ),
+            Process::NotInspected => {
+                Connection::Unknown("its process is not known yet (not inspected)".into())
+            }
         }
     }
 

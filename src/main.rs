@@ -175,6 +175,8 @@ async fn run(config: Config) -> ExitCode {
     spawn_refresher(&credentials);
     let source = config.source.clone();
     let mapping_file = config.role_mapping_file.clone();
+    let config_docker_host = config.docker_host.clone();
+    let require_caller_proof = config.require_caller_proof;
     let metadata = config.metadata_source(&region);
     let live = Arc::new(Live::new(config));
     if let Some(path) = source {
@@ -202,9 +204,11 @@ async fn run(config: Config) -> ExitCode {
             let _ = stop.wait_for(|s| *s).await;
         }));
     }
+    report_caller_proof(&config_docker_host, require_caller_proof);
     let changes = index.subscribe();
     let mut broker = Broker::new(index, credentials, live.roles())
-        .with_role_lookup(Arc::new(IamRoleLookup::new(&aws)));
+        .with_role_lookup(Arc::new(IamRoleLookup::new(&aws)))
+        .requiring_proof(require_caller_proof);
     if let Some(path) = mapping_file {
         let mappings = match StaticMappings::load(&path) {
             Ok(mappings) => Arc::new(mappings),
@@ -235,6 +239,28 @@ async fn run(config: Config) -> ExitCode {
     .await;
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Says once, at start, whether each connection can be proven to be its
+/// container's, and what follows when it cannot.
+fn report_caller_proof(docker_host: &str, required: bool) {
+    let obstacles = ec2metaproxy::platform::process::proof_obstacles(docker_host);
+    if obstacles.is_empty() {
+        log::info!("a connection is served as a container's only once it is found in that container's network namespace");
+    } else if required {
+        log::warn!(
+            "callers cannot be proven to be their containers: {}; requireCallerProof is on, so \
+             containers get no credentials (fix the above, or set requireCallerProof to false \
+             to serve them by source address alone; see docs/security.md)",
+            obstacles.join("; ")
+        );
+    } else {
+        log::warn!(
+            "callers cannot be proven to be their containers: {}; serving them by source \
+             address alone, as requireCallerProof is false (see docs/security.md)",
+            obstacles.join("; ")
+        );
+    }
 }
 
 async fn shutdown_signal() {

@@ -45,11 +45,41 @@ pub trait Service: Send + Sync + 'static {
 pub struct Peer {
     /// The caller's address, an IPv4-mapped IPv6 address as IPv4.
     pub ip: IpAddr,
+    /// The caller's end of the connection, as the accepted socket names it.
+    pub addr: SocketAddr,
     /// `ip` formatted once, for every request line of the connection.
     ip_text: Box<str>,
     /// The local address of the accepted socket (`0.0.0.0:0` in the
     /// unlikely case the kernel cannot say).
     pub local: SocketAddr,
+    /// Where the caller sent its SYN, when a DNAT rule changed it on the
+    /// way (conntrack's original destination).
+    pub original_dst: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// The caller at `addr` of a socket that the kernel says reached
+    /// `local`, after NAT, and `original_dst`, before.
+    pub fn new(addr: SocketAddr, local: SocketAddr, original_dst: Option<SocketAddr>) -> Peer {
+        let ip = addr.ip().to_canonical();
+        Peer {
+            ip,
+            addr,
+            ip_text: ip.to_string().into(),
+            local,
+            original_dst: original_dst.filter(|dst| *dst != local),
+        }
+    }
+}
+
+/// Conntrack's record of where `stream`'s SYN was sent before a DNAT rule
+/// rewrote it; `None` without conntrack (no NAT was done then).
+fn original_destination(stream: &tokio::net::TcpStream, local: SocketAddr) -> Option<SocketAddr> {
+    use rustix::net::sockopt;
+    match local {
+        SocketAddr::V4(_) => sockopt::ip_original_dst(stream).ok().map(SocketAddr::V4),
+        SocketAddr::V6(_) => sockopt::ipv6_original_dst(stream).ok().map(SocketAddr::V6),
+    }
 }
 
 /// One request, as the server hands it to a [`Service`].
@@ -160,13 +190,10 @@ pub async fn serve<S: Service>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let peer = Peer {
-            ip: caller,
-            ip_text: caller.to_string().into(),
-            local: stream
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-        };
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer = Peer::new(peer, local, original_destination(&stream, local));
         let connection = Arc::new(Connection {
             state: service.connect(&peer),
             service: service.clone(),

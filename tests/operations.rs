@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use ec2metaproxy::broker::{spawn_prefetcher, Broker};
+use ec2metaproxy::broker::{spawn_prefetcher, Broker, Caller};
 use ec2metaproxy::container::Container;
 use ec2metaproxy::credentials::{CredentialCache, Timing};
 use ec2metaproxy::health::{self, ProxyReadiness, Readiness};
@@ -240,7 +240,7 @@ async fn a_started_container_finds_its_credentials_ready() {
         .0;
     let reply = imds
         .respond(
-            "10.9.0.2".parse().unwrap(),
+            &Caller::address("10.9.0.2".parse().unwrap()),
             &request,
             std::time::SystemTime::now(),
         )

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use ec2metaproxy::broker::Broker;
+use ec2metaproxy::broker::{Broker, Caller};
 use ec2metaproxy::config::Config;
 use ec2metaproxy::container::Container;
 use ec2metaproxy::credentials::sts::{AssumeRole, Credentials, Secret, StsError};
@@ -297,7 +297,8 @@ async fn the_request_future_stays_small() {
         .body(())
         .unwrap()
         .into_parts();
-    let future = f.imds.respond(ip("172.17.0.2"), &parts, now());
+    let caller = Caller::address(ip("172.17.0.2"));
+    let future = f.imds.respond(&caller, &parts, now());
     let size = std::mem::size_of_val(&future);
     assert!(size <= 1024, "the respond future is {size} bytes");
     drop(future);
@@ -356,7 +357,10 @@ impl Fixture {
             builder = builder.header(header.name, header.value);
         }
         let (parts, ()) = builder.body(()).unwrap().into_parts();
-        let reply = self.imds.respond(ip(caller), &parts, now()).await;
+        let reply = self
+            .imds
+            .respond(&Caller::address(ip(caller)), &parts, now())
+            .await;
         let (parts, body) = reply.response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         let mut headers: Vec<(String, String)> = parts

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use http_body_util::BodyExt;
 
-use ec2metaproxy::broker::Broker;
+use ec2metaproxy::broker::{Broker, Caller};
 use ec2metaproxy::config::Config;
 use ec2metaproxy::container::Process;
 use ec2metaproxy::credentials::{CredentialCache, Timing};
@@ -109,7 +109,10 @@ impl Host {
         {
             return (Source::Memory, answer(hit.take_response()).await);
         }
-        let mut reply = self.imds.respond(Self::caller(), &parts, at).await;
+        let mut reply = self
+            .imds
+            .respond(&Caller::address(Self::caller()), &parts, at)
+            .await;
         self.memory.keep(&mut reply);
         (Source::Respond, answer(reply.response).await)
     }
@@ -117,12 +120,21 @@ impl Host {
     /// What `respond` alone answers, with no memory involved.
     async fn respond(&self, path: &str, headers: &[(&str, &str)], at: SystemTime) -> Answer {
         let parts = request("GET", path, headers);
-        answer(self.imds.respond(Self::caller(), &parts, at).await.response).await
+        answer(
+            self.imds
+                .respond(&Caller::address(Self::caller()), &parts, at)
+                .await
+                .response,
+        )
+        .await
     }
 
     async fn token(&self) -> String {
         let parts = request("PUT", "/latest/api/token", &[(TTL_HEADER, "600")]);
-        let reply = self.imds.respond(Self::caller(), &parts, now()).await;
+        let reply = self
+            .imds
+            .respond(&Caller::address(Self::caller()), &parts, now())
+            .await;
         answer(reply.response).await.body
     }
 
@@ -393,7 +405,7 @@ async fn a_static_mapping_is_always_answered_by_respond() {
     let parts = request("GET", CREDENTIALS, &[]);
     for _ in 0..2 {
         assert!(imds.remembered(&memory, caller, &parts, now()).is_none());
-        let mut reply = imds.respond(caller, &parts, now()).await;
+        let mut reply = imds.respond(&Caller::address(caller), &parts, now()).await;
         assert_eq!(reply.response.status(), 200);
         memory.keep(&mut reply);
     }
@@ -401,7 +413,10 @@ async fn a_static_mapping_is_always_answered_by_respond() {
     mappings.reload(&file);
     assert!(imds.remembered(&memory, caller, &parts, now()).is_none());
     assert_eq!(
-        imds.respond(caller, &parts, now()).await.response.status(),
+        imds.respond(&Caller::address(caller), &parts, now())
+            .await
+            .response
+            .status(),
         404
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use http_body_util::BodyExt;
 
-use ec2metaproxy::broker::Broker;
+use ec2metaproxy::broker::{Broker, Caller};
 use ec2metaproxy::config::Config;
 use ec2metaproxy::container::{Container, Process};
 use ec2metaproxy::credentials::{CredentialCache, Timing};
@@ -124,7 +124,10 @@ impl Host {
     async fn ask(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
         let parts = request(method, path, headers);
         let caller: IpAddr = ADDRESS.parse().unwrap();
-        let reply = self.imds.respond(caller, &parts, SystemTime::now()).await;
+        let reply = self
+            .imds
+            .respond(&Caller::address(caller), &parts, SystemTime::now())
+            .await;
         let status = reply.response.status().as_u16();
         let body = reply.response.into_body().collect().await.unwrap();
         (

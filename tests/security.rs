@@ -22,6 +22,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use ec2metaproxy::broker::Caller;
 use ec2metaproxy::config::DEFAULT_PASSTHROUGH;
 use ec2metaproxy::imds::path::{canonicalize, classify, names_identity, CanonicalPath, Route};
 use ec2metaproxy::server::Limits;
@@ -179,7 +180,10 @@ async fn respond_in_process(f: &Fixture, caller: &str, raw: &[u8]) -> Option<(u1
         builder = builder.header(header.name, header.value);
     }
     let (parts, ()) = builder.body(()).ok()?.into_parts();
-    let reply = f.imds.respond(ip(caller), &parts, now()).await;
+    let reply = f
+        .imds
+        .respond(&Caller::address(ip(caller)), &parts, now())
+        .await;
     let (parts, body) = reply.response.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     Some((

@@ -15,7 +15,7 @@ pub mod token;
 pub mod upstream;
 
 use std::borrow::Cow;
-use std::net::IpAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -25,7 +25,7 @@ use futures_util::FutureExt;
 use http::{header, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Caller};
 use crate::container::Container;
 use crate::roles::{Assignment, Role, RoleMap};
 use crate::server::{Answered, Peer, Request, Service};
@@ -41,6 +41,17 @@ pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_NAME: HeaderName = HeaderName::from_static(TOKEN_HEADER);
 const TTL_NAME: HeaderName = HeaderName::from_static(TTL_HEADER);
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Where SDKs send metadata requests (IPv4, and IPv6 on Nitro): what a
+/// container's socket names as its remote end when a DNAT rule inside its
+/// own namespace, or a host rule, brought it here.
+const METADATA_ADDRESSES: [SocketAddr; 2] = [
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), 80),
+    SocketAddr::new(
+        std::net::IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+        80,
+    ),
+];
 
 /// A response and what the response log line says about it.
 pub struct Reply {
@@ -133,7 +144,7 @@ impl Imds {
     /// Answers one request from `caller`. The body of the request is never read.
     pub async fn respond(
         &self,
-        caller: IpAddr,
+        caller: &Caller,
         request: &http::request::Parts,
         now: SystemTime,
     ) -> Reply {
@@ -151,7 +162,7 @@ impl Imds {
 
     async fn answer(
         &self,
-        caller: IpAddr,
+        caller: &Caller,
         request: &http::request::Parts,
         route: Route<'_>,
         settings: &Arc<Settings>,
@@ -174,8 +185,11 @@ impl Imds {
         }
         // Read before the lookup, for a remembered answer (see `remembered`).
         let index_generation = self.broker.index_generation();
-        let container = self.broker.holder_of(caller).await;
-        let holder = Holder::new(caller, container.as_deref().map(|c| c.id.as_str()));
+        let container = match self.broker.identify(caller).await {
+            Ok(container) => container,
+            Err(refusal) => return Reply::status(StatusCode::NOT_FOUND, refusal.to_string()),
+        };
+        let holder = Holder::new(caller.ip, container.as_deref().map(|c| c.id.as_str()));
         if let Some((status, why)) = self.token_refusal(headers, holder, settings, unix_now) {
             return Reply::status(status, why);
         }
@@ -257,7 +271,7 @@ impl Imds {
 
     async fn issue_token(
         &self,
-        caller: IpAddr,
+        caller: &Caller,
         version: &Version,
         headers: &http::HeaderMap,
         unix_now: u64,
@@ -274,8 +288,12 @@ impl Imds {
                 "token PUT without a TTL of 1..=21600 seconds",
             );
         };
-        let container = self.broker.holder_of(caller).await;
-        let holder = Holder::new(caller, container.as_deref().map(|c| c.id.as_str()));
+        // A token is never minted for a connection that fails the proof.
+        let container = match self.broker.identify(caller).await {
+            Ok(container) => container,
+            Err(refusal) => return Reply::status(StatusCode::NOT_FOUND, refusal.to_string()),
+        };
+        let holder = Holder::new(caller.ip, container.as_deref().map(|c| c.id.as_str()));
         let token = self.tokens.issue(holder, ttl, unix_now);
         let mut response = document::text(token);
         // aws-config fails without this echo; old Go and Ruby fall back to IMDSv1.
@@ -346,23 +364,36 @@ impl Imds {
     }
 }
 
+/// One IMDS connection: its caller, proven once, and its last
+/// credentials answer.
+pub struct Connection {
+    caller: Caller,
+    memory: remembered::Remembered,
+}
+
 /// The IMDS listener: each connection remembers its last credentials
 /// answer; every other request goes to [`Imds::respond`].
 impl Service for Imds {
-    type Connection = remembered::Remembered;
+    type Connection = Connection;
 
-    fn connect(&self, _peer: &Peer) -> remembered::Remembered {
-        remembered::Remembered::default()
+    fn connect(&self, peer: &Peer) -> Connection {
+        let mut dialled: Vec<SocketAddr> = peer.original_dst.into_iter().collect();
+        dialled.push(peer.local);
+        for address in METADATA_ADDRESSES {
+            if !dialled.contains(&address) {
+                dialled.push(address);
+            }
+        }
+        Connection {
+            caller: Caller::new(peer.addr, dialled),
+            memory: remembered::Remembered::default(),
+        }
     }
 
-    async fn call(
-        &self,
-        memory: &remembered::Remembered,
-        request: Request<'_>,
-    ) -> Response<Full<Bytes>> {
-        let caller = request.peer.ip;
+    async fn call(&self, connection: &Connection, request: Request<'_>) -> Response<Full<Bytes>> {
+        let Connection { caller, memory } = connection;
         let now = SystemTime::now();
-        if let Some(mut hit) = self.remembered(memory, caller, &request.parts, now) {
+        if let Some(mut hit) = self.remembered(memory, caller.ip, &request.parts, now) {
             let mut response = hit.take_response();
             request.finish(
                 &mut response,

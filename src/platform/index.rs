@@ -193,6 +193,31 @@ impl ContainerIndex {
         self.wait_for_owner(ip, deadline).await
     }
 
+    /// The container at `ip` once its process is known. Containers taken
+    /// from a list are inspected in the background; a request that needs
+    /// the process (to prove its connection) waits for that, at most as
+    /// long as a miss waits.
+    pub async fn inspected(&self, ip: IpAddr) -> Option<Arc<Container>> {
+        if self.refresh.is_none() {
+            // A fixed index: nothing will ever inspect its containers.
+            return self.get(ip);
+        }
+        let deadline = tokio::time::Instant::now() + MISS_WAIT;
+        loop {
+            let changed = self.changed.notified();
+            let current = self.get(ip);
+            if current
+                .as_ref()
+                .is_none_or(|c| c.process != Process::NotInspected)
+            {
+                return current;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.get(ip);
+            }
+        }
+    }
+
     /// Waits until `ip` belongs to a container whose process has not
     /// exited, or until `deadline`.
     async fn wait_for_owner(

@@ -39,6 +39,8 @@ pub enum Opened {
 pub struct ProcessWatcher {
     pids_are_ours: AtomicBool,
     warned: AtomicBool,
+    /// Whether a socket table that could not be opened has been reported.
+    warned_sockets: AtomicBool,
 }
 
 impl ProcessWatcher {
@@ -46,19 +48,36 @@ impl ProcessWatcher {
         ProcessWatcher::default()
     }
 
-    /// Watches `pid`, which Docker says is the init process of container `id`.
+    /// Watches `pid`, which Docker says is the init process of container
+    /// `id`, and opens its network namespace's socket table, which proves
+    /// the container's connections (see [`crate::sys::sockets`]).
     pub fn open(&self, pid: i64, id: &str) -> Opened {
-        let opened = self.open_checked(pid, id, cgroup_names);
-        if let Opened::Unverifiable(why) = &opened {
-            if !self.warned.swap(true, Ordering::Relaxed) {
-                log::warn!(
-                    "cannot watch container processes ({why}); an address is then known to be \
-                     free only from Docker's events (run the proxy in the host's PID namespace \
-                     and let it read /proc; see docs/security.md)"
-                );
+        match self.open_checked(pid, id, cgroup_names) {
+            Opened::Running(watch) => {
+                let watch = watch.with_socket_table();
+                if let Some(why) = watch.socket_table_error() {
+                    if !self.warned_sockets.swap(true, Ordering::Relaxed) {
+                        log::warn!(
+                            "cannot prove that a connection is its container's ({why}); give \
+                             the proxy CAP_SYS_ADMIN and CAP_SYS_PTRACE (see docs/security.md)"
+                        );
+                    }
+                }
+                Opened::Running(watch)
             }
+            Opened::Unverifiable(why) => {
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "cannot watch container processes ({why}); an address is then known to \
+                         be free only from Docker's events, and no connection can be proven to \
+                         be its container's (run the proxy in the host's PID namespace and let \
+                         it read /proc; see docs/security.md)"
+                    );
+                }
+                Opened::Unverifiable(why)
+            }
+            Opened::Exited => Opened::Exited,
         }
-        opened
     }
 
     fn open_checked(
@@ -114,6 +133,55 @@ impl ProcessWatcher {
         }
         Opened::Running(watch)
     }
+}
+
+/// The inode of the initial PID namespace (the kernel's PROC_PID_INIT_INO).
+const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// What stands in the way of proving that a connection is its container's
+/// own, as far as can be told before any container is seen: each item says
+/// why, for the start-up log. Empty when nothing does.
+pub fn proof_obstacles(docker_host: &str) -> Vec<String> {
+    use rustix::thread::{capabilities, CapabilitySet};
+    let mut obstacles = Vec::new();
+    if !docker_host.starts_with("unix://") {
+        obstacles.push(format!(
+            "Docker at {docker_host} is not on this host's socket, so its processes are not ours"
+        ));
+    }
+    if let Ok(ns) = std::fs::metadata("/proc/self/ns/pid") {
+        use std::os::unix::fs::MetadataExt;
+        if ns.ino() != INITIAL_PID_NAMESPACE {
+            obstacles.push(
+                "the proxy runs in a PID namespace of its own (run it on the host, or with \
+                 --pid=host)"
+                    .into(),
+            );
+        }
+    }
+    match capabilities(None) {
+        Ok(caps) => {
+            let mut missing = Vec::new();
+            if !caps.effective.contains(CapabilitySet::SYS_ADMIN) {
+                missing.push("CAP_SYS_ADMIN");
+            }
+            // Entering another user's process's namespace passes a ptrace
+            // check; containers' processes are usually root's.
+            if !rustix::process::geteuid().is_root()
+                && !caps.effective.contains(CapabilitySet::SYS_PTRACE)
+            {
+                missing.push("CAP_SYS_PTRACE");
+            }
+            if !missing.is_empty() {
+                obstacles.push(format!(
+                    "entering a container's network namespace needs {}",
+                    missing.join(" and ")
+                ));
+            }
+        }
+        Err(error) => obstacles.push(format!("cannot read the proxy's capabilities: {error}")),
+    }
+    obstacles
 }
 
 /// Whether `/proc/<pid>/cgroup` names container `id`. Docker puts each
