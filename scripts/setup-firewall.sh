@@ -385,6 +385,7 @@ as_collect() {
     local reloaded=0 line
     local -A want=()
     COLLECTED=""
+    as_load_links
     if [ $# -gt 0 ]; then
         ids=("$@")
     else
@@ -397,7 +398,6 @@ as_collect() {
         as_load_networks || return 1
         reloaded=1
     fi
-    as_load_links
     # stdout and stderr together: a line per container found, "Error: No such
     # object" for one that is gone; anything else means Docker did not answer.
     out=$("${DOCKER[@]}" inspect --type container --format \
@@ -542,15 +542,16 @@ LAST_RESYNC=0
 
 # HAVE[$1] = $2, and PORT_OWNER with it.
 as_have() {
-    local id=$1 l
-    while read -r l; do [ -z "$l" ] || unset "PORT_OWNER[$(cut -d' ' -f2 <<<"$l")]"; done <<<"${HAVE[$id]:-}"
+    local id=$1 port
+    while read -r _ port _; do [ -z "$port" ] || unset "PORT_OWNER[$port]"; done <<<"${HAVE[$id]:-}"
     if [ -n "$2" ]; then HAVE[$id]=$2; else unset "HAVE[$id]"; fi
-    while read -r l; do [ -z "$l" ] || PORT_OWNER[$(cut -d' ' -f2 <<<"$l")]=$id; done <<<"$2"
+    while read -r _ port _; do [ -z "$port" ] || PORT_OWNER[$port]=$id; done <<<"$2"
 }
 
 # Every container listed again; the sets replaced with the result in one
 # transaction (the first time, or when the table is gone: the whole table).
-# Early elements of containers Docker does not report running yet are kept.
+# Early elements of containers Docker does not report running yet are kept
+# while their port exists.
 as_resync() {
     local lines text id port mac ip n=0 early="" l
     LAST_RESYNC=$SECONDS
@@ -560,7 +561,11 @@ as_resync() {
     fi
     lines=$COLLECTED
     for port in "${!EARLY[@]}"; do
-        if grep -q " $port " <<<"$lines"; then unset "EARLY[$port]"; else early+="${EARLY[$port]}"$'\n'; fi
+        if [ -z "${LINK_MASTER[$port]+set}" ] || grep -q " $port " <<<"$lines"; then
+            unset "EARLY[$port]"
+        else
+            early+="${EARLY[$port]}"$'\n'
+        fi
     done
     text=$(printf '%s\n%s' "$lines" "$early" | as_elements_of | as_render add)
     if [ "$TABLE_READY" = 1 ] && as_nft "$(printf 'flush set bridge %s %s\n' "$TAG" ports "$TAG" macs "$TAG" ipv4; echo "$text")"; then
