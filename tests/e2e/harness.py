@@ -532,25 +532,33 @@ class Run:
 
     # -- image
 
-    def build_image(self) -> str:
-        ctx = self.tmp / "image"
-        ctx.mkdir()
-        shutil.copy(PAUSE_SRC / "Dockerfile", ctx / "Dockerfile")
+    def build_image(self, extra: dict[str, Path] | None = None, tag: str | None = None) -> str:
+        """A FROM scratch image with /pause, built static here, as its entrypoint,
+        and for each name in `extra` that C source built static as /name beside
+        it. The run's test image (`self.image`) unless `tag` names another."""
+        tag = tag or self.image
+        extra = extra or {}
+        ctx = Path(tempfile.mkdtemp(prefix="image-", dir=self.tmp))
+        dockerfile = (PAUSE_SRC / "Dockerfile").read_text()
         sh(["gcc", "-static", "-O2", "-o", str(ctx / "pause"), str(PAUSE_SRC / "pause.c")])
-        self.cleanup.push(lambda: sh(["docker", "rmi", "-f", self.image], check=False),
-                          "remove image")
+        for name, src in extra.items():
+            sh(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-o", str(ctx / name), str(src)])
+            dockerfile += f"COPY {name} /{name}\n"
+        (ctx / "Dockerfile").write_text(dockerfile)
+        self.cleanup.push(lambda: sh(["docker", "rmi", "-f", tag], check=False),
+                          f"remove image {tag}")
         env = dict(os.environ, DOCKER_BUILDKIT="0")
-        cp = sh(["docker", "build", "-q", "-t", self.image, "--label", f"{RUN_LABEL}={self.runid}",
+        cp = sh(["docker", "build", "-q", "-t", tag, "--label", f"{RUN_LABEL}={self.runid}",
                  str(ctx)], env=env, timeout=120, check=False)
         if cp.returncode != 0:
-            # A CLI without the legacy builder: the image is one file, so import it.
+            # A CLI without the legacy builder: the image is a few files, so import them.
             log(f"docker build failed ({cp.stderr.strip()[:200]}); using docker import")
-            tar = subprocess.run(["tar", "-C", str(ctx), "-c", "pause"], capture_output=True,
+            tar = subprocess.run(["tar", "-C", str(ctx), "-c", "pause", *extra], capture_output=True,
                                  check=True).stdout
             subprocess.run(["docker", "import", "--change", 'ENTRYPOINT ["/pause"]',
-                            "--change", f"LABEL {RUN_LABEL}={self.runid}", "-", self.image],
+                            "--change", f"LABEL {RUN_LABEL}={self.runid}", "-", tag],
                            input=tar, capture_output=True, check=True, timeout=120)
-        return self.image
+        return tag
 
     # -- network
 
@@ -665,7 +673,9 @@ class Run:
     def run_container(self, short: str, alias: str | None = None, policy: str | None = None,
                       ip: str | None = None, labels: dict | None = None,
                       redirect: bool | Proxy = True, start: bool = True,
-                      network: Network | None = None) -> Container:
+                      network: Network | None = None, image: str | None = None) -> Container:
+        """A container of `image` (default: the run's pause image) on `network`
+        (default: the run's), named and labelled as the run's own."""
         name = f"{self.prefix}-{short}"
         all_labels = {RUN_LABEL: self.runid}
         if alias is not None:
@@ -678,7 +688,7 @@ class Run:
             args += ["--ip", ip]
         for k, v in all_labels.items():
             args += ["--label", f"{k}={v}"]
-        cid = sh(args + [self.image]).stdout.strip()
+        cid = sh(args + [image or self.image]).stdout.strip()
         c = Container(name, short, cid, ip or "", 0, all_labels)
         self.containers[name] = c
         if start:

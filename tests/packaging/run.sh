@@ -5,6 +5,9 @@
 #   test_firewall*.py  scripts/setup-firewall.sh on a test bridge: a container's
 #                      plain request to 169.254.169.254 reaches the proxy
 #                      (target/debug/ec2metaproxy) through the host's DNAT
+#   test_antispoof.py  setup-firewall.sh --anti-spoof (--follow): a container
+#                      with Docker's default capabilities cannot wear a
+#                      neighbour's address on the test bridge (nftables)
 #   test_systemd.py    contrib/ec2metaproxy.service under a real systemd (a
 #                      debootstrapped root booted as a container, no network):
 #                      starts, runs unprivileged and sandboxed, reloads, stops
@@ -14,7 +17,8 @@
 #                      container its role's credentials from moto's STS
 #
 # Needs: root, Docker, iptables, nsenter, gcc + libc6-dev (the pause image),
-# python3-venv, debootstrap (installed with apt-get when missing, as root).
+# python3-venv, debootstrap and nftables (installed with apt-get when missing,
+# as root; nftables not under CI=true, where .ci/run installs it).
 # Everything a run creates is named ec2mp-pkg-<runid>-..., labelled, and removed
 # at the end, pass or fail; the base images ec2metaproxy-local/* are kept and
 # reused (scripts/local-base-images.sh --rebuild replaces them).
@@ -33,6 +37,15 @@ if ! command -v debootstrap >/dev/null 2>&1 && [ -z "${EC2MP_PKG_IMAGE:-}" ] \
     echo "==> apt-get install debootstrap (local base images)"
     { apt-get update -qq \
         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap; } \
+        >/dev/null 2>&1 || true
+fi
+# nft for the anti-spoofing tests, the same way; under CI a missing nft is
+# .ci/run's to fix, and test_antispoof.py fails saying so.
+if ! command -v nft >/dev/null 2>&1 && [ "${CI:-}" != true ] \
+    && [ -z "${EC2MP_E2E_NO_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> apt-get install nftables (anti-spoofing tests)"
+    { apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables; } \
         >/dev/null 2>&1 || true
 fi
 if ! command -v debootstrap >/dev/null 2>&1 && [ -z "${EC2MP_PKG_IMAGE:-}" ]; then
