@@ -491,6 +491,10 @@ def write_proxy_config(tmp, port, docker_sock):
         "listen": "127.0.0.1:%d" % port,
         "metadataURL": None,
         "stateDir": os.path.join(tmp, "state"),
+        # The fake Docker's containers have no processes to prove their
+        # connections in: served by address, as a proxy without the
+        # capabilities would be told to.
+        "requireCallerProof": False,
     }
     # The config gets a directory of its own: the proxy watches the config's
     # directory for changes, and a log file written beside it would wake that
