@@ -20,8 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::kv::{Key, Value, VisitSource};
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How log lines are written (serialised as the config spells it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,

@@ -77,25 +77,31 @@ fn main() -> ExitCode {
         println!(
             "{}: OK: {} aliases, default \"{}\", listen {}",
             path.display(),
-            config.roles.aliases.len(),
-            config.roles.default_alias,
-            config.listen
+            config.live.aliases.len(),
+            config.live.default_alias,
+            config.fixed.listen
         );
         return ExitCode::SUCCESS;
     }
 
-    let default_level = if config.verbose { "debug" } else { "info" };
+    let default_level = if config.fixed.verbose {
+        "debug"
+    } else {
+        "info"
+    };
     // RUST_LOG wins over `verbose`. The AWS and HTTP crates stay at warn so that
     // debug never prints their request dumps.
     logging::init(
-        config.log_format,
+        config.fixed.log_format,
         &format!("warn,ec2metaproxy={default_level}"),
     );
 
     // With no metadata service, aws-config's chain must not look for the
     // proxy's own credentials at 169.254.169.254: that is this proxy, asking
     // itself (each attempt times out after a second). Set before any thread starts.
-    if config.metadata_url.is_none() && std::env::var_os("AWS_EC2_METADATA_DISABLED").is_none() {
+    if config.fixed.metadata_url.is_none()
+        && std::env::var_os("AWS_EC2_METADATA_DISABLED").is_none()
+    {
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     }
 
@@ -115,7 +121,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    let tokens = match TokenKey::load_or_create(&config.state_dir) {
+    let fixed = &config.fixed;
+    let tokens = match TokenKey::load_or_create(&fixed.state_dir) {
         Ok(key) => key,
         Err(error) => {
             return fail(
@@ -126,18 +133,18 @@ async fn run(config: Config) -> ExitCode {
             )
         }
     };
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match tokio::net::TcpListener::bind(fixed.listen).await {
         Ok(listener) => listener,
         Err(error) => {
-            eprintln!("error: cannot listen on {}: {error}", config.listen);
+            eprintln!("error: cannot listen on {}: {error}", fixed.listen);
             return ExitCode::FAILURE;
         }
     };
-    let docker = match DockerSource::new(&config.docker_host) {
-        Ok(docker) => docker.reading_env(config.roles.env_keys()),
+    let docker = match DockerSource::new(&fixed.docker_host) {
+        Ok(docker) => docker.reading_env(config.roles().env_keys()),
         Err(error) => return fail(&error, None),
     };
-    let (sts, aws, region) = AwsSts::from_env(config.sts_region.as_deref()).await;
+    let (sts, aws, region) = AwsSts::from_env(fixed.sts_region.as_deref()).await;
 
     log::info!(
         "ec2metaproxy {} config={} listen={} aliases={} default={} docker={} sts_region={} metadata={}",
@@ -146,18 +153,18 @@ async fn run(config: Config) -> ExitCode {
             .source
             .as_ref()
             .map_or("(embedded)".to_string(), |p| p.display().to_string()),
-        listener.local_addr().map_or(config.listen, |a| a),
-        config.roles.aliases.len(),
-        config.roles.default_alias,
-        config.docker_host,
+        listener.local_addr().map_or(fixed.listen, |a| a),
+        config.live.aliases.len(),
+        config.live.default_alias,
+        fixed.docker_host,
         region,
-        config
+        fixed
             .metadata_url
             .as_ref()
             .map_or("none".to_string(), |u| u.to_string()),
     );
 
-    let metrics_listener = match config.metrics_listen {
+    let metrics_listener = match fixed.metrics_listen {
         None => None,
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => Some(listener),
@@ -170,13 +177,13 @@ async fn run(config: Config) -> ExitCode {
     let index = ContainerIndex::watch(Arc::new(docker));
     let credentials = Arc::new(CredentialCache::new(
         Arc::new(sts),
-        Timing::for_duration(config.session_duration),
+        Timing::for_duration(fixed.session_duration),
     ));
     spawn_refresher(&credentials);
     let source = config.source.clone();
-    let mapping_file = config.role_mapping_file.clone();
-    let config_docker_host = config.docker_host.clone();
-    let require_caller_proof = config.require_caller_proof;
+    let mapping_file = fixed.role_mapping_file.clone();
+    let config_docker_host = fixed.docker_host.clone();
+    let require_caller_proof = fixed.require_caller_proof;
     let metadata = config.metadata_source(&region);
     let live = Arc::new(Live::new(config));
     if let Some(path) = source {

@@ -32,7 +32,7 @@ pub struct Live {
 impl Live {
     pub fn new(config: Config) -> Live {
         Live {
-            roles: Arc::new(ArcSwap::from_pointee(config.roles.clone())),
+            roles: Arc::new(ArcSwap::from_pointee(config.roles())),
             imds: Arc::new(ArcSwap::from_pointee(config.imds_settings())),
             config: ArcSwap::from_pointee(config),
         }
@@ -60,7 +60,7 @@ impl Live {
     /// answer remembered from one pair is given again only while both cells
     /// still hold that pair (imds/remembered.rs).
     pub fn store(&self, next: Config) {
-        self.roles.store(Arc::new(next.roles.clone()));
+        self.roles.store(Arc::new(next.roles()));
         self.imds.store(Arc::new(next.imds_settings()));
         self.config.store(Arc::new(next));
     }
@@ -77,11 +77,13 @@ pub enum Outcome {
     Refused(String),
 }
 
-/// Reads `path` and puts it in force in `live` when valid. Settings that
-/// cannot change live keep their running values and are reported.
+/// Reads `path` and puts its live part in force in `live` when valid and
+/// changed. The fixed part keeps its running values, so that what the
+/// config says and what the process does agree until the restart; its
+/// changed keys are reported.
 pub fn reload(path: &Path, live: &Live) -> Outcome {
     let current = live.config();
-    let mut next = match Config::load(path) {
+    let next = match Config::load(path) {
         Ok(next) => next,
         Err(error) => {
             metrics().reloads.with_label_values(&["failed"]).inc();
@@ -94,56 +96,25 @@ pub fn reload(path: &Path, live: &Live) -> Outcome {
             return Outcome::Refused(message);
         }
     };
-    let restart_needed = current.needs_restart(&next);
+    let restart_needed = current.fixed.changed_keys(&next.fixed);
     for key in &restart_needed {
         log::warn!(
             "config key \"{key}\" changed in {}; it takes effect after a restart",
             path.display()
         );
     }
-    // Keep what is running for the restart-only settings, so that what the
-    // config says and what the process does agree until the restart.
-    next.listen = current.listen;
-    next.docker_host = current.docker_host.clone();
-    next.metadata_url = current.metadata_url.clone();
-    next.state_dir = current.state_dir.clone();
-    next.session_duration = current.session_duration;
-    next.metrics_listen = current.metrics_listen;
-    next.log_format = current.log_format;
-    next.verbose = current.verbose;
-    next.local_metadata_overrides = current.local_metadata_overrides.clone();
-    next.sts_region = current.sts_region.clone();
-    next.role_mapping_file = current.role_mapping_file.clone();
-    next.roles.role_env = current.roles.role_env.clone();
-    next.roles.session_key = current.roles.session_key.clone();
-    if live_settings(&next) == live_settings(&current) {
+    if next.live == current.live {
         return Outcome::Unchanged;
     }
     log::info!(
         "config reloaded from {}: {} aliases, default \"{}\"",
         path.display(),
-        next.roles.aliases.len(),
-        next.roles.default_alias
+        next.live.aliases.len(),
+        next.live.default_alias
     );
-    live.store(next);
+    live.store(next.with_fixed(&current));
     metrics().reloads.with_label_values(&["ok"]).inc();
     Outcome::Applied { restart_needed }
-}
-
-/// The settings a reload can change, in a comparable form (maps sorted).
-fn live_settings(config: &Config) -> String {
-    let roles = &config.roles;
-    let aliases: std::collections::BTreeMap<&String, _> = roles.aliases.iter().collect();
-    let accounts: std::collections::BTreeMap<&String, _> = roles.account_map.iter().collect();
-    format!(
-        "{aliases:?} {:?} {:?} {:?} {accounts:?} {:?} {:?} {:?}",
-        roles.default_alias,
-        roles.default_policy,
-        roles.allow_unmapped,
-        roles.default_account,
-        config.require_token,
-        config.passthrough,
-    )
 }
 
 /// Reloads on SIGHUP and on changes to `path` (watched through its
@@ -234,14 +205,14 @@ mod tests {
             }
         );
         let now = shared.config();
-        assert_eq!(now.roles.get("web").unwrap().arn.name(), "Other");
+        assert_eq!(now.roles().get("web").unwrap().arn.name(), "Other");
         assert_eq!(
             shared.roles().load().get("web").unwrap().arn.name(),
             "Other",
             "the broker's cell holds the new alias map"
         );
         assert_eq!(
-            now.listen,
+            now.fixed.listen,
             "0.0.0.0:18000".parse().unwrap(),
             "still the running listen address"
         );
@@ -260,7 +231,10 @@ mod tests {
             panic!("{outcome:?}")
         };
         assert!(message.ends_with("key \"aliasToARN.web\": \"nope\" is not an IAM role ARN (expected arn:aws:iam::ACCOUNT:role/NAME)"), "{message}");
-        assert_eq!(shared.config().roles.get("web").unwrap().arn.name(), "Web");
+        assert_eq!(
+            shared.config().roles().get("web").unwrap().arn.name(),
+            "Web"
+        );
         assert_eq!(shared.roles().load().get("web").unwrap().arn.name(), "Web");
     }
 
@@ -281,7 +255,7 @@ mod tests {
         assert_eq!(
             shared
                 .config()
-                .roles
+                .roles()
                 .get("web")
                 .unwrap()
                 .external_id

@@ -158,7 +158,7 @@ pub fn is_account_id(text: &str) -> bool {
 }
 
 /// Where a role session name comes from (`roleSessionKey`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum SessionKey {
     Label(String),
     Env(String),
@@ -395,7 +395,7 @@ mod tests {
             "t",
         )
         .unwrap()
-        .roles
+        .roles()
     }
 
     fn container(labels: &[(&str, &str)]) -> Container {
@@ -520,7 +520,7 @@ mod tests {
             "t",
         )
         .unwrap()
-        .roles
+        .roles()
     }
 
     #[tokio::test]
@@ -643,7 +643,7 @@ mod tests {
             "t",
         )
         .unwrap()
-        .roles;
+        .roles();
         let c = container(&[("com.example.user", "alice@example.com")]);
         assert_eq!(
             &*pick(&from_label, &c).await.unwrap().session_name,
@@ -661,7 +661,7 @@ mod tests {
             "t",
         )
         .unwrap()
-        .roles;
+        .roles();
         let c = with_env(container(&[]), &[("JOB_ID", "build 42/x")]);
         assert_eq!(
             &*pick(&from_env, &c).await.unwrap().session_name,

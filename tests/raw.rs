@@ -228,7 +228,7 @@ async fn fixture_mapping(
     let sts = Arc::new(FakeSts::default());
     let cache = Arc::new(CredentialCache::new(
         sts.clone(),
-        Timing::for_duration(config.session_duration),
+        Timing::for_duration(config.fixed.session_duration),
     ));
     let tokens = TokenKey::random();
     let index = ContainerIndex::fixed(containers);

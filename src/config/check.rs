@@ -1,0 +1,297 @@
+//! What serde's types cannot say: ranges, ARNs, policies, addresses, and
+//! keys that depend on each other. Each check names the key it refuses.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::schema::{RawAlias, RawConfig, RawRole};
+use super::{
+    Config, FixedConfig, LiveConfig, DEFAULT_DOCKER_HOST, DEFAULT_LISTEN, DEFAULT_METADATA_URL,
+    DEFAULT_PASSTHROUGH, DEFAULT_SESSION_DURATION, DEFAULT_STATE_DIR,
+};
+use crate::container::normalize_policy;
+use crate::imds;
+use crate::logging::LogFormat;
+use crate::roles::{is_account_id, Role, RoleArn, SessionKey};
+
+/// STS refuses AssumeRole durations outside 15 minutes ..= 12 hours.
+const MIN_SESSION_SECS: u64 = 900;
+const MAX_SESSION_SECS: u64 = 43_200;
+
+/// A refused key (with its path, such as `aliasToARN.web.arn`) and why.
+#[derive(Debug)]
+pub(super) struct Invalid {
+    pub key: String,
+    pub problem: String,
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Invalid {
+    Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = Invalid;
+
+    fn try_from(raw: RawConfig) -> Result<Config, Invalid> {
+        let aliases = aliases(raw.alias_to_arn)?;
+        let default_alias = raw.default_alias;
+        if !aliases.contains_key(&default_alias) {
+            let mut known: Vec<&str> = aliases.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(invalid(
+                "defaultAlias",
+                format!(
+                    "\"{default_alias}\" is not an alias in \"aliasToARN\" (aliases: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let default_policy = policy("defaultPolicy", raw.default_policy)?;
+
+        let docker_host = raw
+            .docker_host
+            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
+        if !["unix://", "tcp://", "http://"]
+            .iter()
+            .any(|scheme| docker_host.starts_with(scheme))
+        {
+            return Err(invalid(
+                "dockerHost",
+                format!("\"{docker_host}\" must start with unix://, tcp:// or http://"),
+            ));
+        }
+        let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = parse_listen(listen).map_err(|problem| invalid("listen", problem))?;
+        let metadata_url = match raw.metadata_url {
+            None => Some(http::Uri::from_static(DEFAULT_METADATA_URL)),
+            Some(None) => None,
+            Some(Some(url)) => {
+                Some(parse_metadata_url(&url).map_err(|p| invalid("metadataURL", p))?)
+            }
+        };
+        let session_duration = match raw.session_duration {
+            None => DEFAULT_SESSION_DURATION,
+            Some(secs) => seconds("sessionDuration", secs)?,
+        };
+        let passthrough = match raw.passthrough {
+            None => DEFAULT_PASSTHROUGH.iter().map(|s| s.to_string()).collect(),
+            Some(prefixes) => prefixes
+                .iter()
+                .map(|prefix| passthrough_prefix(prefix))
+                .collect::<Result<_, _>>()?,
+        };
+        let metrics_listen = match raw.metrics_listen {
+            None => None,
+            Some(text) => {
+                Some(parse_listen(&text).map_err(|problem| invalid("metricsListen", problem))?)
+            }
+        };
+        let log_format = match raw.log_format {
+            None => LogFormat::Text,
+            Some(text) => LogFormat::parse(&text).ok_or_else(|| {
+                invalid(
+                    "logFormat",
+                    format!("\"{text}\" is not \"text\" or \"json\""),
+                )
+            })?,
+        };
+
+        let role_env = raw.role_env;
+        if role_env.as_deref() == Some("") {
+            return Err(invalid(
+                "roleEnv",
+                "must name an environment variable, such as \"IAM_ROLE\"",
+            ));
+        }
+        let allow_unmapped = raw.allow_unmapped_roles.unwrap_or(false);
+        if allow_unmapped && role_env.is_none() {
+            return Err(invalid(
+                "allowUnmappedRoles",
+                "only applies to roles named by \"roleEnv\"; set roleEnv too",
+            ));
+        }
+        let mut account_map = HashMap::new();
+        for (alias, id) in raw.account_map.unwrap_or_default() {
+            if !is_account_id(&id) {
+                return Err(invalid(
+                    format!("accountMap.{alias}"),
+                    format!("expected a 12-digit account ID, found \"{id}\""),
+                ));
+            }
+            account_map.insert(alias, id);
+        }
+        let default_account = raw.default_account_id;
+        if let Some(id) = default_account.as_ref().filter(|id| !is_account_id(id)) {
+            return Err(invalid(
+                "defaultAccountId",
+                format!("\"{id}\" is not a 12-digit account ID"),
+            ));
+        }
+        let role_session_key = match raw.role_session_key {
+            None => None,
+            Some(text) => Some(SessionKey::parse(&text).ok_or_else(|| {
+                invalid(
+                    "roleSessionKey",
+                    format!("\"{text}\" is not \"Labels:NAME\" or \"Env:NAME\""),
+                )
+            })?),
+        };
+
+        Ok(Config {
+            source: None,
+            live: LiveConfig {
+                aliases,
+                default_alias,
+                default_policy,
+                allow_unmapped,
+                account_map,
+                default_account,
+                imds: imds::Settings {
+                    passthrough,
+                    require_token: raw.require_token.unwrap_or(false),
+                },
+            },
+            fixed: FixedConfig {
+                listen,
+                docker_host,
+                metadata_url,
+                state_dir: raw
+                    .state_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+                session_duration,
+                metrics_listen,
+                log_format,
+                verbose: raw.verbose.unwrap_or(false),
+                local_metadata: raw.local_metadata.unwrap_or_default(),
+                sts_region: raw.sts_region,
+                role_mapping_file: raw.role_mapping_file,
+                require_caller_proof: raw.require_caller_proof.unwrap_or(true),
+                role_env,
+                role_session_key,
+            },
+        })
+    }
+}
+
+fn aliases(
+    entries: std::collections::BTreeMap<String, RawAlias>,
+) -> Result<crate::FastHashMap<String, Arc<Role>>, Invalid> {
+    if entries.is_empty() {
+        return Err(invalid(
+            "aliasToARN",
+            "is empty: map at least one alias to a role ARN",
+        ));
+    }
+    let mut aliases =
+        crate::FastHashMap::with_capacity_and_hasher(entries.len(), Default::default());
+    // Sorted (a BTreeMap), so the first bad entry named is the same on every run.
+    for (alias, entry) in entries {
+        let key = format!("aliasToARN.{alias}");
+        if alias.is_empty() {
+            return Err(invalid(key, "an alias must not be empty"));
+        }
+        let role = match entry {
+            RawAlias::Arn(arn) => Role::new(
+                alias.clone(),
+                RoleArn::parse(&arn).map_err(|problem| invalid(&key, problem))?,
+            ),
+            RawAlias::Role(role) => role_object(&alias, &key, role)?,
+        };
+        aliases.insert(alias, Arc::new(role));
+    }
+    Ok(aliases)
+}
+
+fn role_object(alias: &str, key: &str, raw: RawRole) -> Result<Role, Invalid> {
+    let field = |name: &str| format!("{key}.{name}");
+    let arn = RoleArn::parse(&raw.arn).map_err(|problem| invalid(field("arn"), problem))?;
+    let mut role = Role::new(alias.to_string(), arn);
+    role.external_id = match raw.external_id {
+        None => None,
+        Some(id) if (2..=1224).contains(&id.len()) => Some(Arc::from(id)),
+        Some(id) => {
+            return Err(invalid(
+                field("externalId"),
+                format!("expected a string of 2 to 1224 characters (STS's limits), found \"{id}\""),
+            ))
+        }
+    };
+    role.policy = policy(&field("policy"), raw.policy)?;
+    role.duration = match raw.duration_seconds {
+        None => None,
+        Some(secs) => Some(seconds(&field("durationSeconds"), secs)?),
+    };
+    Ok(role)
+}
+
+fn policy(key: &str, value: Option<Value>) -> Result<Option<Arc<str>>, Invalid> {
+    value
+        .map(|value| normalize_policy(&value).map_err(|problem| invalid(key, problem)))
+        .transpose()
+}
+
+fn seconds(key: &str, secs: u64) -> Result<Duration, Invalid> {
+    if (MIN_SESSION_SECS..=MAX_SESSION_SECS).contains(&secs) {
+        return Ok(Duration::from_secs(secs));
+    }
+    Err(invalid(
+        key,
+        format!(
+            "expected whole seconds from {MIN_SESSION_SECS} to {MAX_SESSION_SECS} (STS's limits), found {secs}"
+        ),
+    ))
+}
+
+fn passthrough_prefix(prefix: &str) -> Result<String, Invalid> {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() || prefix.contains("//") || prefix.contains("..") {
+        return Err(invalid(
+            "passthrough",
+            format!("\"{prefix}\" is not a metadata path such as \"meta-data/instance-id\""),
+        ));
+    }
+    if crate::imds::path::names_identity(prefix) {
+        return Err(invalid(
+            "passthrough",
+            format!("\"{prefix}\" would pass the host's identity or credentials through; list narrower categories"),
+        ));
+    }
+    Ok(prefix.to_string())
+}
+
+/// Accepts `IP:PORT`, `[IPv6]:PORT` and the Go style `:PORT` (all interfaces).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let expanded;
+    let candidate = if let Some(port) = text.strip_prefix(':') {
+        expanded = format!("0.0.0.0:{port}");
+        &expanded
+    } else {
+        text
+    };
+    candidate.parse().map_err(|_| {
+        format!("\"{text}\" is not a listen address such as \"127.0.0.1:18000\" or \":18000\"")
+    })
+}
+
+fn parse_metadata_url(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("\"{text}\" is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(format!(
+            "\"{text}\" must be an http:// URL such as \"http://169.254.169.254\" (or null for none)"
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("\"{text}\" must not have a path or query"));
+    }
+    Ok(uri)
+}
