@@ -707,4 +707,43 @@ mod tests {
             vec!["metadataURL", "sessionDuration", "localMetadata"]
         );
     }
+
+    /// README.md's configuration table lists every key of the schema
+    /// exactly once, and no other; the keys of the nested objects (an
+    /// alias object, `localMetadata`) are named in it too.
+    #[test]
+    fn the_readme_table_lists_every_key_once() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## ")
+            .find(|part| part.starts_with("Configuration\n"))
+            .expect("README.md has a Configuration section");
+        let rows: Vec<&str> = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|row| row.split('`').next())
+            .collect();
+        for key in known_keys() {
+            let count = rows.iter().filter(|row| *row == key).count();
+            assert_eq!(
+                count, 1,
+                "README.md's configuration table lists `{key}` {count} times"
+            );
+        }
+        for row in &rows {
+            assert!(
+                known_keys().contains(row),
+                "README.md's configuration table lists `{row}`, which is no key of the schema"
+            );
+        }
+        let nested = schema::field_names::<schema::RawRole>()
+            .iter()
+            .chain(schema::field_names::<Overrides>());
+        for name in nested {
+            assert!(
+                section.contains(&format!("`{name}`")) || section.contains(&format!("\"{name}\"")),
+                "README.md's Configuration section does not name `{name}`"
+            );
+        }
+    }
 }
