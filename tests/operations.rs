@@ -3,49 +3,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-use ec2metaproxy::broker::{spawn_prefetcher, Broker, Caller};
-use ec2metaproxy::container::Container;
-use ec2metaproxy::credentials::{CredentialCache, Timing};
-use ec2metaproxy::health::{self, ProxyReadiness, Readiness};
+use ec2metaproxy::health::{ProxyReadiness, Readiness};
 use ec2metaproxy::platform::index::ContainerIndex;
-use ec2metaproxy::platform::{ContainerSource, EventStream, PlatformError};
-use ec2metaproxy::reload::Live;
 use ec2metaproxy::server::Limits;
 
-use crate::raw::{container, listen, loopback_fixture, FakeSts, Listening};
+use crate::support::docker::{container, FakeDocker};
+use crate::support::exchange::{self, request};
+use crate::support::host::{listen_health, Host, Listening};
+use crate::support::sts::{self, FakeSts};
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = raw[9..12].parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
-}
-
-async fn metrics_listener(readiness: Arc<dyn Readiness>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(health::serve(listener, readiness, std::future::pending()));
-    addr
+    let answer = exchange::get(addr, path).await;
+    (answer.status, answer.body)
 }
 
 /// The value of one sample line in the Prometheus text format, or 0.
@@ -63,50 +34,12 @@ impl Readiness for Always {
     }
 }
 
-/// A Docker that cannot be reached.
-struct Unreachable;
-
-#[async_trait]
-impl ContainerSource for Unreachable {
-    async fn connect(&self) -> Result<(), PlatformError> {
-        Err(PlatformError::Other("connection refused".into()))
-    }
-    async fn list(&self) -> Result<Vec<Container>, PlatformError> {
-        Err(PlatformError::Other("connection refused".into()))
-    }
-    async fn inspect(&self, _: &str) -> Result<Option<Container>, PlatformError> {
-        Err(PlatformError::Other("connection refused".into()))
-    }
-    fn events(&self) -> EventStream {
-        Box::pin(futures_util::stream::pending())
-    }
-    fn describe(&self) -> String {
-        "unreachable Docker".into()
-    }
-}
-
-/// A Docker with one container and no events.
-struct Static;
-
-#[async_trait]
-impl ContainerSource for Static {
-    async fn list(&self) -> Result<Vec<Container>, PlatformError> {
-        Ok(vec![container("one", "10.9.0.2", &[])])
-    }
-    async fn inspect(&self, _: &str) -> Result<Option<Container>, PlatformError> {
-        Ok(None)
-    }
-    fn events(&self) -> EventStream {
-        Box::pin(futures_util::stream::pending())
-    }
-    fn describe(&self) -> String {
-        "static".into()
-    }
-}
+/// One alias, no upstream.
+const ONE_ROLE: &str = r#"{"aliasToARN": {"d": "arn:aws:iam::111111111111:role/D"}, "defaultAlias": "d", "metadataURL": null}"#;
 
 #[tokio::test]
 async fn healthz_answers_while_the_process_is_up() {
-    let addr = metrics_listener(Arc::new(Always(Err("not yet".into())))).await;
+    let addr = listen_health(Arc::new(Always(Err("not yet".into())))).await;
     assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
     assert_eq!(
         get(addr, "/readyz").await,
@@ -117,12 +50,9 @@ async fn healthz_answers_while_the_process_is_up() {
 
 #[tokio::test]
 async fn readyz_is_503_while_docker_is_unreachable_and_200_once_synced() {
-    let credentials = Arc::new(CredentialCache::new(
-        Arc::new(FakeSts::default()),
-        Timing::for_duration(Duration::from_secs(3600)),
-    ));
-    let down = metrics_listener(Arc::new(ProxyReadiness {
-        index: ContainerIndex::watch(Arc::new(Unreachable)),
+    let credentials = sts::cache(Arc::new(FakeSts::default()));
+    let down = listen_health(Arc::new(ProxyReadiness {
+        index: ContainerIndex::watch(FakeDocker::unreachable()),
         credentials: credentials.clone(),
     }))
     .await;
@@ -134,8 +64,8 @@ async fn readyz_is_503_while_docker_is_unreachable_and_200_once_synced() {
             "not ready: the Docker container index is not synced\n".into()
         )
     );
-    let up = metrics_listener(Arc::new(ProxyReadiness {
-        index: ContainerIndex::watch(Arc::new(Static)),
+    let up = listen_health(Arc::new(ProxyReadiness {
+        index: ContainerIndex::watch(FakeDocker::new(vec![container("one", "10.9.0.2", &[])])),
         credentials,
     }))
     .await;
@@ -145,10 +75,10 @@ async fn readyz_is_503_while_docker_is_unreachable_and_200_once_synced() {
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_status_and_alias() {
-    let f = loopback_fixture("scraped", vec![]).await;
-    let listening = listen(f.imds.clone(), Limits::default()).await;
+    let host = Host::standard().loopback("scraped").start().await;
+    let listening = host.listen(Limits::default()).await;
     let proxy = listening.addr;
-    let scrape = metrics_listener(Arc::new(Always(Ok(())))).await;
+    let scrape = listen_health(Arc::new(Always(Ok(())))).await;
 
     let listing = r#"ec2metaproxy_requests_total{alias="web",route="role-listing",status="200"}"#;
     let credentials =
@@ -182,9 +112,9 @@ async fn metrics_count_requests_by_route_status_and_alias() {
 /// SIGTERM's path: stop accepting, let the request in flight finish.
 #[tokio::test]
 async fn shutdown_finishes_a_request_in_flight() {
-    let f = loopback_fixture("slow", vec![]).await;
-    *f.sts.delay.lock().unwrap() = Duration::from_millis(500);
-    let Listening { addr, stop, server } = listen(f.imds.clone(), Limits::default()).await;
+    let host = Host::standard().loopback("slow").start().await;
+    *host.sts.delay.lock().unwrap() = Duration::from_millis(500);
+    let Listening { addr, stop, server } = host.listen(Limits::default()).await;
     let in_flight = tokio::spawn(get(addr, "/latest/meta-data/iam/security-credentials/Web"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.send(()).unwrap();
@@ -201,53 +131,26 @@ async fn shutdown_finishes_a_request_in_flight() {
 /// prefetcher acts on the index's start notice.
 #[tokio::test]
 async fn a_started_container_finds_its_credentials_ready() {
-    let sts = Arc::new(FakeSts::default());
-    *sts.clock.lock().unwrap() = std::time::SystemTime::now();
-    let config = ec2metaproxy::config::Config::parse(
-        r#"{"aliasToARN": {"d": "arn:aws:iam::111111111111:role/D"}, "defaultAlias": "d", "metadataURL": null}"#,
-        "t",
-    )
-    .unwrap();
-    let cache = Arc::new(CredentialCache::new(
-        sts.clone(),
-        Timing::for_duration(Duration::from_secs(3600)),
-    ));
-    let index = ContainerIndex::watch(Arc::new(Static));
-    let changes = index.subscribe();
-    let metadata = config.metadata_source("us-east-1");
-    let live = Live::new(config);
-    let broker = Arc::new(Broker::new(index, cache.clone(), live.roles()));
-    let imds = Arc::new(ec2metaproxy::imds::Imds::new(
-        broker.clone(),
-        live.imds_settings(),
-        ec2metaproxy::imds::token::TokenKey::random(),
-        metadata,
-    ));
-    spawn_prefetcher(broker, changes);
+    let host = Host::builder(ONE_ROLE)
+        .container(container("one", "10.9.0.2", &[]))
+        .prefetching()
+        .sts_issues_at(SystemTime::now())
+        .start()
+        .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while sts.calls.lock().unwrap().is_empty() {
+    while host.sts.calls.lock().unwrap().is_empty() {
         assert!(std::time::Instant::now() < deadline, "no prefetch");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
-        &*sts.calls.lock().unwrap()[0].session_name,
+        &*host.sts.calls.lock().unwrap()[0].session_name,
         "one-one012345678"
     );
-    let request = http::Request::get("/latest/meta-data/iam/security-credentials/D")
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
-    let reply = imds
-        .respond(
-            &Caller::address("10.9.0.2".parse().unwrap()),
-            &request,
-            std::time::SystemTime::now(),
-        )
-        .await;
-    assert_eq!(reply.response.status(), 200);
+    let request = request("GET", "/latest/meta-data/iam/security-credentials/D", &[]);
+    let answer = host.respond("10.9.0.2", &request, SystemTime::now()).await;
+    assert_eq!(answer.status, 200);
     assert_eq!(
-        sts.calls.lock().unwrap().len(),
+        host.sts.calls.lock().unwrap().len(),
         1,
         "the request was a cache hit"
     );
@@ -257,27 +160,16 @@ async fn a_started_container_finds_its_credentials_ready() {
 /// names its session, so they are never refreshed for nobody.
 #[tokio::test]
 async fn a_gone_containers_label_named_session_is_forgotten() {
-    let sts = Arc::new(FakeSts::default());
-    *sts.clock.lock().unwrap() = std::time::SystemTime::now();
-    let config = ec2metaproxy::config::Config::parse(
-        r#"{"aliasToARN": {"d": "arn:aws:iam::111111111111:role/D"}, "defaultAlias": "d",
-            "metadataURL": null, "roleSessionKey": "Labels:com.example.user"}"#,
-        "t",
-    )
-    .unwrap();
-    let cache = Arc::new(CredentialCache::new(
-        sts.clone(),
-        Timing::for_duration(Duration::from_secs(3600)),
-    ));
     let labelled = container("gone", "10.9.0.9", &[("com.example.user", "alice")]);
-    let broker = Broker::new(
-        ContainerIndex::fixed(vec![labelled.clone()]),
-        cache.clone(),
-        Live::new(config).roles(),
-    );
-    broker.prefetch(&labelled).await;
-    assert_eq!(&*sts.calls.lock().unwrap()[0].session_name, "alice");
-    assert_eq!(cache.len(), 1);
-    broker.forget(&labelled);
-    assert_eq!(cache.len(), 0);
+    let host = Host::builder(ONE_ROLE)
+        .set(r#"{"roleSessionKey": "Labels:com.example.user"}"#)
+        .container(labelled.clone())
+        .sts_issues_at(SystemTime::now())
+        .start()
+        .await;
+    host.broker.prefetch(&labelled).await;
+    assert_eq!(&*host.sts.calls.lock().unwrap()[0].session_name, "alice");
+    assert_eq!(host.credentials.len(), 1);
+    host.broker.forget(&labelled);
+    assert_eq!(host.credentials.len(), 0);
 }

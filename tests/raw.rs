@@ -2,389 +2,47 @@
 //! request: the bytes a client sends in, the whole response out. Each one
 //! broke a real SDK somewhere when it was wrong.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use ec2metaproxy::broker::{Broker, Caller};
-use ec2metaproxy::config::Config;
-use ec2metaproxy::container::Container;
-use ec2metaproxy::credentials::sts::{AssumeRole, Credentials, Secret, StsError};
-use ec2metaproxy::credentials::{CredentialCache, RoleRequest, Timing};
+use ec2metaproxy::broker::Caller;
 use ec2metaproxy::imds::token::{Holder, TokenKey};
-use ec2metaproxy::imds::Imds;
-use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::platform::mapping::StaticMappings;
-use ec2metaproxy::reload::Live;
-use ec2metaproxy::server::{serve, Limits};
+use ec2metaproxy::server::Limits;
 
-pub(crate) const WEB_IP: &str = "172.30.0.2";
-const PLAIN_IP: &str = "172.30.0.3";
-const STRAY_IP: &str = "172.30.0.4";
-const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY";
-const SESSION_TOKEN: &str = "FwoGZXIvYXdzEXAMPLETOKEN";
-/// 2026-11-22T20:00:00Z
-pub(crate) const NOW_SECS: u64 = 1_795_377_600;
-
-pub(crate) fn now() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(NOW_SECS)
-}
-
-pub(crate) fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// A request head as the server hands it to `Imds`.
-pub(crate) fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> http::request::Parts {
-    let mut request = http::Request::builder().method(method).uri(path);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    request.body(()).unwrap().into_parts().0
-}
-
-/// Issues fixed credentials for one hour from `now()`, counting calls, or
-/// fails while `fail` is set.
-pub(crate) struct FakeSts {
-    /// When credentials are issued; the fixed test clock unless a test says otherwise.
-    pub(crate) clock: Mutex<SystemTime>,
-    pub(crate) calls: Mutex<Vec<RoleRequest>>,
-    pub(crate) fail: Mutex<bool>,
-    /// How long each call takes.
-    pub(crate) delay: Mutex<Duration>,
-}
-
-#[async_trait]
-impl AssumeRole for FakeSts {
-    async fn assume_role(
-        &self,
-        request: &RoleRequest,
-        duration: Duration,
-    ) -> Result<Credentials, StsError> {
-        self.calls.lock().unwrap().push(request.clone());
-        let delay = *self.delay.lock().unwrap();
-        let issued = *self.clock.lock().unwrap();
-        tokio::time::sleep(delay).await;
-        if *self.fail.lock().unwrap() {
-            return Err(StsError {
-                role_arn: request.role_arn.to_string(),
-                session_name: request.session_name.to_string(),
-                code: "AccessDenied".into(),
-                message: "internal detail the caller must not see".into(),
-            });
-        }
-        Ok(Credentials {
-            access_key_id: "ASIAEXAMPLE".into(),
-            secret_access_key: Secret::new(SECRET),
-            session_token: Secret::new(SESSION_TOKEN),
-            expiration: issued + duration,
-            last_updated: issued,
-            rendered: Default::default(),
-        })
-    }
-}
-
-impl Default for FakeSts {
-    fn default() -> FakeSts {
-        FakeSts {
-            clock: Mutex::new(now()),
-            calls: Mutex::default(),
-            fail: Mutex::default(),
-            delay: Mutex::default(),
-        }
-    }
-}
-
-/// A metadata service that answers every path with a canary and counts paths.
-pub(crate) struct FakeUpstream {
-    addr: SocketAddr,
-    pub(crate) hits: Arc<Mutex<HashMap<String, usize>>>,
-    /// What `/latest/meta-data/` answers instead of the canary, when set.
-    pub(crate) listing: Arc<Mutex<Option<String>>>,
-}
-
-impl FakeUpstream {
-    async fn start() -> FakeUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let counted = hits.clone();
-        let listing: Arc<Mutex<Option<String>>> = Arc::default();
-        let listed = listing.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let counted = counted.clone();
-                let listing = listed.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: http::Request<_>| {
-                        let path = request.uri().path().to_string();
-                        *counted.lock().unwrap().entry(path.clone()).or_default() += 1;
-                        let listing = listing.clone();
-                        async move {
-                            let body = if request.method() == http::Method::PUT {
-                                "upstream-token".to_string()
-                            } else if let Some(listing) = listing
-                                .lock()
-                                .unwrap()
-                                .clone()
-                                .filter(|_| path == "/latest/meta-data/")
-                            {
-                                listing
-                            } else {
-                                format!("CANARY {path}")
-                            };
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                                Bytes::from(body),
-                            )))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        FakeUpstream {
-            addr,
-            hits,
-            listing,
-        }
-    }
-
-    fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
-    }
-
-    fn get_hits(&self) -> usize {
-        self.hits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| *p != "/latest/api/token")
-            .map(|(_, n)| n)
-            .sum()
-    }
-}
-
-pub(crate) struct Fixture {
-    pub(crate) imds: Arc<Imds>,
-    pub(crate) sts: Arc<FakeSts>,
-    pub(crate) tokens: TokenKey,
-    pub(crate) upstream: FakeUpstream,
-    pub(crate) index: Arc<ContainerIndex>,
-}
-
-pub(crate) fn container(name: &str, ip: &str, labels: &[(&str, &str)]) -> Container {
-    Container::new(
-        format!("{name}0123456789abcdef"),
-        name,
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        vec![ip.parse().unwrap()],
-    )
-}
-
-pub(crate) async fn fixture_with(extra_config: &str, extra_containers: Vec<Container>) -> Fixture {
-    fixture_mapping(extra_config, extra_containers, None).await
-}
-
-async fn fixture_mapping(
-    extra_config: &str,
-    extra_containers: Vec<Container>,
-    mappings: Option<Arc<StaticMappings>>,
-) -> Fixture {
-    let upstream = FakeUpstream::start().await;
-    let text = format!(
-        r#"{{
-            "aliasToARN": {{
-                "default": "arn:aws:iam::111111111111:role/Default",
-                "web": "arn:aws:iam::222222222222:role/team/Web"
-            }},
-            "defaultAlias": "default",
-            "metadataURL": "http://{}"
-            {extra_config}
-        }}"#,
-        upstream.addr
-    );
-    let config = Config::parse(&text, "test.json").unwrap();
-    let mut containers = vec![
-        container("web", WEB_IP, &[("ec2metaproxy.RoleAlias", "web")]),
-        container("plain", PLAIN_IP, &[]),
-        container("stray", STRAY_IP, &[("ec2metaproxy.RoleAlias", "nope")]),
-    ];
-    containers.extend(extra_containers);
-    let sts = Arc::new(FakeSts::default());
-    let cache = Arc::new(CredentialCache::new(
-        sts.clone(),
-        Timing::for_duration(config.fixed.session_duration),
-    ));
-    let tokens = TokenKey::random();
-    let index = ContainerIndex::fixed(containers);
-    let metadata = config.metadata_source("us-east-1");
-    let live = Live::new(config);
-    let mut broker = Broker::new(index.clone(), cache, live.roles());
-    if let Some(mappings) = mappings {
-        broker = broker.with_static_mappings(mappings);
-    }
-    let imds = Imds::new(
-        Arc::new(broker),
-        live.imds_settings(),
-        tokens.clone(),
-        metadata,
-    );
-    Fixture {
-        imds: Arc::new(imds),
-        sts,
-        tokens,
-        upstream,
-        index,
-    }
-}
-
-async fn fixture() -> Fixture {
-    fixture_with("", vec![]).await
-}
-
-/// A fixture whose caller on 127.0.0.1 (where tests connect from) is a
-/// container named `name` with the `web` alias, beside `others`.
-pub(crate) async fn loopback_fixture(name: &str, others: Vec<Container>) -> Fixture {
-    let mut containers = vec![container(
-        name,
-        "127.0.0.1",
-        &[("ec2metaproxy.RoleAlias", "web")],
-    )];
-    containers.extend(others);
-    fixture_with("", containers).await
-}
-
-/// The proxy served on a loopback port as `main` serves it. Sending on (or
-/// dropping) `stop` starts its graceful shutdown; `server` ends after it.
-pub(crate) struct Listening {
-    pub(crate) addr: SocketAddr,
-    pub(crate) stop: tokio::sync::oneshot::Sender<()>,
-    pub(crate) server: tokio::task::JoinHandle<()>,
-}
-
-pub(crate) async fn listen(imds: Arc<Imds>, limits: Limits) -> Listening {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, imds, limits, async {
-        let _ = stopped.await;
-    }));
-    Listening { addr, stop, server }
-}
+use crate::support::docker::container;
+use crate::support::exchange::{exchange, Answer};
+use crate::support::host::{Host, PLAIN_IP, STRAY_IP, WEB_IP};
+use crate::support::sts::{SECRET, SESSION_TOKEN};
+use crate::support::{ip, now, NOW_SECS};
 
 /// Every request's future is moved into hyper's connection state; the
 /// rare paths (STS call, upstream fetch, token, Docker lookups) are boxed so
 /// that their size is not copied on every cached answer (it was 1536 bytes).
 #[tokio::test]
 async fn the_request_future_stays_small() {
-    let f = fixture().await;
+    let host = Host::standard().start().await;
     let (parts, ()) = http::Request::get("/latest/meta-data/iam/security-credentials/")
         .body(())
         .unwrap()
         .into_parts();
     let caller = Caller::address(ip("172.17.0.2"));
-    let future = f.imds.respond(&caller, &parts, now());
+    let future = host.imds.respond(&caller, &parts, now());
     let size = std::mem::size_of_val(&future);
     assert!(size <= 1024, "the respond future is {size} bytes");
     drop(future);
 }
 
-impl Fixture {
-    /// The ID of the container holding `caller`, to which the proxy binds
-    /// its tokens.
-    fn holder_id(&self, caller: &str) -> Option<String> {
-        self.index.get(ip(caller)).map(|c| c.id.clone())
-    }
-
-    /// A token as the proxy would issue it to `caller` at `now`.
-    pub(crate) fn token(&self, caller: &str, ttl: u64, now: u64) -> String {
-        let id = self.holder_id(caller);
-        let holder = Holder::new(ip(caller), id.as_deref());
-        self.tokens.issue(holder, ttl, now)
-    }
-
-    pub(crate) fn token_is_valid(&self, token: &str, caller: &str, now: u64) -> bool {
-        let id = self.holder_id(caller);
-        let holder = Holder::new(ip(caller), id.as_deref());
-        self.tokens.is_valid(token.as_bytes(), holder, now)
-    }
-}
-
-/// A response, compared whole.
-#[derive(Debug, PartialEq)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl Fixture {
-    /// Parses `raw` (a request head as a client writes it) and answers it as
-    /// if it came from `caller`.
-    async fn send(&self, caller: &str, raw: &str) -> Answer {
-        let raw = raw.replace('\n', "\r\n") + "\r\n";
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut parsed = httparse::Request::new(&mut headers);
-        assert!(parsed.parse(raw.as_bytes()).unwrap().is_complete(), "{raw}");
-        let mut builder = http::Request::builder()
-            .method(parsed.method.unwrap())
-            .uri(parsed.path.unwrap());
-        for header in parsed.headers.iter() {
-            builder = builder.header(header.name, header.value);
-        }
-        let (parts, ()) = builder.body(()).unwrap().into_parts();
-        let reply = self
-            .imds
-            .respond(&Caller::address(ip(caller)), &parts, now())
-            .await;
-        let (parts, body) = reply.response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        let mut headers: Vec<(String, String)> = parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
-            .collect();
-        headers.sort();
-        Answer {
-            status: parts.status.as_u16(),
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
-
-    fn token_for(&self, caller: &str) -> String {
-        self.token(caller, 600, NOW_SECS)
-    }
-}
-
+/// The headers of every plain answer.
 fn text_headers() -> Vec<(String, String)> {
     vec![("content-type".into(), "text/plain".into())]
 }
 
+/// The fixed page IMDS answers a refusal with: never a detail.
 fn page(status: u16) -> &'static str {
     match status {
         400 => "400 - Bad Request",
@@ -397,6 +55,7 @@ fn page(status: u16) -> &'static str {
     }
 }
 
+/// `answer` refuses with `status` and its fixed page.
 fn assert_refused(answer: &Answer, status: u16, description: &str) {
     assert_eq!(answer.status, status, "{description}: {answer:#?}");
     assert!(
@@ -411,8 +70,8 @@ mod token {
     /// aws-config fails without the TTL echo; old Go and Ruby drop to IMDSv1.
     #[tokio::test]
     async fn put_returns_a_token_and_echoes_the_ttl() {
-        let f = fixture().await;
-        let answer = f
+        let host = Host::standard().start().await;
+        let answer = host
             .send(WEB_IP, "PUT /latest/api/token HTTP/1.1\nHost: 169.254.169.254\nX-aws-ec2-metadata-token-ttl-seconds: 21600\n")
             .await;
         assert_eq!(answer.status, 200);
@@ -426,14 +85,14 @@ mod token {
                 ),
             ]
         );
-        assert!(f.token_is_valid(&answer.body, WEB_IP, NOW_SECS + 21_599));
-        assert!(!f.token_is_valid(&answer.body, WEB_IP, NOW_SECS + 21_600));
+        assert!(host.token_is_valid(&answer.body, WEB_IP, NOW_SECS + 21_599));
+        assert!(!host.token_is_valid(&answer.body, WEB_IP, NOW_SECS + 21_600));
     }
 
     /// botocore and aws-config treat 400 as final; a bad TTL must not be retried.
     #[tokio::test]
     async fn ttl_missing_or_out_of_bounds_is_400() {
-        let f = fixture().await;
+        let host = Host::standard().start().await;
         for ttl in [
             None,
             Some("0"),
@@ -445,7 +104,7 @@ mod token {
             let header = ttl.map_or(String::new(), |t| {
                 format!("X-aws-ec2-metadata-token-ttl-seconds: {t}\n")
             });
-            let answer = f
+            let answer = host
                 .send(WEB_IP, &format!("PUT /latest/api/token HTTP/1.1\n{header}"))
                 .await;
             assert_refused(&answer, 400, &format!("ttl {ttl:?}"));
@@ -454,9 +113,9 @@ mod token {
 
     #[tokio::test]
     async fn put_with_x_forwarded_for_in_any_casing_is_403() {
-        let f = fixture().await;
+        let host = Host::standard().start().await;
         for name in ["X-Forwarded-For", "x-forwarded-for", "X-FORWARDED-FOR"] {
-            let answer = f
+            let answer = host
                 .send(WEB_IP, &format!("PUT /latest/api/token HTTP/1.1\nX-aws-ec2-metadata-token-ttl-seconds: 60\n{name}: 1.2.3.4\n"))
                 .await;
             assert_refused(&answer, 403, name);
@@ -465,8 +124,8 @@ mod token {
 
     #[tokio::test]
     async fn put_on_a_dated_path_is_403() {
-        let f = fixture().await;
-        let answer = f
+        let host = Host::standard().start().await;
+        let answer = host
             .send(
                 WEB_IP,
                 "PUT /2021-03-23/api/token HTTP/1.1\nX-aws-ec2-metadata-token-ttl-seconds: 60\n",
@@ -477,26 +136,26 @@ mod token {
 
     #[tokio::test]
     async fn get_on_the_token_path_is_405() {
-        let f = fixture().await;
-        let answer = f.send(WEB_IP, "GET /latest/api/token HTTP/1.1\n").await;
+        let host = Host::standard().start().await;
+        let answer = host.send(WEB_IP, "GET /latest/api/token HTTP/1.1\n").await;
         assert_refused(&answer, 405, "GET token");
         assert_eq!(answer.header("allow"), Some("PUT"));
     }
 
     #[tokio::test]
     async fn a_bad_expired_or_borrowed_token_is_401() {
-        let f = fixture().await;
+        let host = Host::standard().start().await;
         let cases = [
             ("garbage", "garbage".to_string()),
-            ("expired", f.token(WEB_IP, 60, NOW_SECS - 61)),
-            ("another container's", f.token_for(PLAIN_IP)),
+            ("expired", host.token(WEB_IP, 60, NOW_SECS - 61)),
+            ("another container's", host.token_for(PLAIN_IP)),
             (
                 "another key's",
                 TokenKey::random().issue(Holder::address(ip(WEB_IP)), 60, NOW_SECS),
             ),
         ];
         for (description, token) in cases {
-            let answer = f
+            let answer = host
                 .send(WEB_IP, &format!("GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\nX-aws-ec2-metadata-token: {token}\n"))
                 .await;
             assert_refused(&answer, 401, description);
@@ -507,9 +166,9 @@ mod token {
     /// with 403: a loop. So a token GET with X-Forwarded-For is 403 at once.
     #[tokio::test]
     async fn get_with_a_token_and_x_forwarded_for_is_403_not_401() {
-        let f = fixture().await;
-        let token = f.token_for(WEB_IP);
-        let answer = f
+        let host = Host::standard().start().await;
+        let token = host.token_for(WEB_IP);
+        let answer = host
             .send(WEB_IP, &format!("GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\nX-aws-ec2-metadata-token: {token}\nX-Forwarded-For: 10.0.0.1\n"))
             .await;
         assert_refused(&answer, 403, "token + XFF");
@@ -517,15 +176,18 @@ mod token {
 
     #[tokio::test]
     async fn imdsv1_is_served_unless_require_token_is_set() {
-        let f = fixture().await;
-        let v1 = f
+        let host = Host::standard().start().await;
+        let v1 = host
             .send(
                 WEB_IP,
                 "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\n",
             )
             .await;
         assert_eq!(v1.status, 200);
-        let strict = fixture_with(r#", "requireToken": true"#, vec![]).await;
+        let strict = Host::standard()
+            .set(r#"{"requireToken": true}"#)
+            .start()
+            .await;
         let refused = strict
             .send(
                 WEB_IP,
@@ -547,14 +209,14 @@ mod credentials {
     /// aws-config uses the listing verbatim as a URL segment and panics on `\n`.
     #[tokio::test]
     async fn listing_is_the_role_name_without_a_newline_with_or_without_slash() {
-        let f = fixture().await;
+        let host = Host::standard().start().await;
         for path in [
             "/latest/meta-data/iam/security-credentials/",
             "/latest/meta-data/iam/security-credentials",
             "/latest/meta-data/iam/security-credentials-extended/",
             "/2016-09-02/meta-data/iam/security-credentials/",
         ] {
-            let answer = f.send(WEB_IP, &format!("GET {path} HTTP/1.1\n")).await;
+            let answer = host.send(WEB_IP, &format!("GET {path} HTTP/1.1\n")).await;
             assert_eq!(
                 answer,
                 Answer {
@@ -569,7 +231,7 @@ mod credentials {
 
     #[tokio::test]
     async fn credentials_document_is_whole_and_exact() {
-        let f = fixture().await;
+        let host = Host::standard().start().await;
         let expected = format!(
             "{{\n  \"Code\" : \"Success\",\n  \"LastUpdated\" : \"2026-11-22T20:00:00Z\",\n  \"Type\" : \"AWS-HMAC\",\n  \"AccessKeyId\" : \"ASIAEXAMPLE\",\n  \"SecretAccessKey\" : \"{SECRET}\",\n  \"Token\" : \"{SESSION_TOKEN}\",\n  \"Expiration\" : \"2026-11-22T21:00:00Z\"\n}}"
         );
@@ -578,7 +240,7 @@ mod credentials {
             "/latest/meta-data/iam/security-credentials/Web/",
             "/2016-09-02/meta-data/iam/security-credentials/Web",
         ] {
-            let answer = f
+            let answer = host
                 .send(
                     WEB_IP,
                     &format!("GET {path} HTTP/1.1\nAccept: application/json\n"),
@@ -594,7 +256,7 @@ mod credentials {
                 "{path}"
             );
         }
-        let calls = f.sts.calls.lock().unwrap();
+        let calls = host.sts.calls.lock().unwrap();
         assert_eq!(calls.len(), 1, "one AssumeRole for one key");
         assert_eq!(
             calls[0].role_arn.as_str(),
@@ -607,8 +269,8 @@ mod credentials {
     /// instead of a document (or a 404) breaks them.
     #[tokio::test]
     async fn extended_route_adds_the_roles_account() {
-        let f = fixture().await;
-        let answer = f
+        let host = Host::standard().start().await;
+        let answer = host
             .send(
                 WEB_IP,
                 "GET /latest/meta-data/iam/security-credentials-extended/Web HTTP/1.1\n",
@@ -623,15 +285,15 @@ mod credentials {
 
     #[tokio::test]
     async fn unlabelled_container_gets_the_default_role() {
-        let f = fixture().await;
-        let answer = f
+        let host = Host::standard().start().await;
+        let answer = host
             .send(
                 PLAIN_IP,
                 "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\n",
             )
             .await;
         assert_eq!(answer.body, "Default");
-        let doc = f
+        let doc = host
             .send(
                 PLAIN_IP,
                 "GET /latest/meta-data/iam/security-credentials/Default HTTP/1.1\n",
@@ -643,7 +305,7 @@ mod credentials {
     /// 404, not 500: a 500 burns the client's retries; and never the default role.
     #[tokio::test]
     async fn no_credentials_for_strangers_unknown_aliases_or_other_roles() {
-        let f = fixture().await;
+        let host = Host::standard().start().await;
         let cases = [
             (
                 "an unknown alias",
@@ -682,12 +344,12 @@ mod credentials {
             ),
         ];
         for (description, caller, path) in cases {
-            let answer = f.send(caller, &format!("GET {path} HTTP/1.1\n")).await;
+            let answer = host.send(caller, &format!("GET {path} HTTP/1.1\n")).await;
             assert_refused(&answer, 404, description);
         }
-        assert!(f.sts.calls.lock().unwrap().is_empty());
+        assert!(host.sts.calls.lock().unwrap().is_empty());
         assert_eq!(
-            f.upstream.get_hits(),
+            host.upstream.get_hits(),
             0,
             "nothing reached the metadata service"
         );
@@ -697,8 +359,8 @@ mod credentials {
     async fn session_policy_label_reaches_sts() {
         let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"*","Resource":"*"}]}"#;
         let narrowed = container("narrow", "172.30.0.5", &[("ec2metaproxy.Policy", policy)]);
-        let f = fixture_with("", vec![narrowed]).await;
-        let answer = f
+        let host = Host::standard().container(narrowed).start().await;
+        let answer = host
             .send(
                 "172.30.0.5",
                 "GET /latest/meta-data/iam/security-credentials/Default HTTP/1.1\n",
@@ -706,7 +368,7 @@ mod credentials {
             .await;
         assert_eq!(answer.status, 200);
         assert_eq!(
-            f.sts.calls.lock().unwrap()[0].policy.as_deref(),
+            host.sts.calls.lock().unwrap()[0].policy.as_deref(),
             Some(policy)
         );
     }
@@ -714,9 +376,9 @@ mod credentials {
     /// The failure is logged with its detail; the caller sees a fixed page.
     #[tokio::test]
     async fn sts_failure_is_a_5xx_without_internal_detail() {
-        let f = fixture().await;
-        *f.sts.fail.lock().unwrap() = true;
-        let answer = f
+        let host = Host::standard().start().await;
+        *host.sts.fail.lock().unwrap() = true;
+        let answer = host
             .send(
                 WEB_IP,
                 "GET /latest/meta-data/iam/security-credentials/Web HTTP/1.1\n",
@@ -728,8 +390,8 @@ mod credentials {
 
     #[tokio::test]
     async fn iam_info_describes_the_containers_role_never_the_hosts() {
-        let f = fixture().await;
-        let answer = f
+        let host = Host::standard().start().await;
+        let answer = host
             .send(WEB_IP, "GET /latest/meta-data/iam/info HTTP/1.1\n")
             .await;
         assert_eq!(answer.status, 200);
@@ -738,7 +400,7 @@ mod credentials {
             info["InstanceProfileArn"],
             "arn:aws:iam::222222222222:instance-profile/team/Web"
         );
-        assert_eq!(f.upstream.get_hits(), 0);
+        assert_eq!(host.upstream.get_hits(), 0);
     }
 }
 
@@ -747,17 +409,17 @@ mod routing {
 
     #[tokio::test]
     async fn allowed_metadata_passes_through_with_the_proxys_own_token() {
-        let f = fixture().await;
-        let answer = f
+        let host = Host::standard().start().await;
+        let answer = host
             .send(WEB_IP, "GET /latest/meta-data/instance-id HTTP/1.1\n")
             .await;
         assert_eq!(answer.status, 200);
         assert_eq!(answer.body, "CANARY /latest/meta-data/instance-id");
-        assert_eq!(f.upstream.hits("/latest/api/token"), 1);
-        f.send(WEB_IP, "GET /latest/meta-data/placement/region HTTP/1.1\n")
+        assert_eq!(host.upstream.hits("/latest/api/token"), 1);
+        host.send(WEB_IP, "GET /latest/meta-data/placement/region HTTP/1.1\n")
             .await;
         assert_eq!(
-            f.upstream.hits("/latest/api/token"),
+            host.upstream.hits("/latest/api/token"),
             1,
             "the upstream token is reused"
         );
@@ -765,17 +427,17 @@ mod routing {
 
     #[tokio::test]
     async fn the_upstream_meta_data_listing_leaves_out_identity_credentials() {
-        let f = fixture().await;
-        *f.upstream.listing.lock().unwrap() =
-            Some("ami-id\nidentity-credentials/\niam/\ninstance-id".into());
-        let answer = f.send(WEB_IP, "GET /latest/meta-data/ HTTP/1.1\n").await;
+        let host = Host::standard().start().await;
+        host.upstream
+            .list("ami-id\nidentity-credentials/\niam/\ninstance-id");
+        let answer = host.send(WEB_IP, "GET /latest/meta-data/ HTTP/1.1\n").await;
         assert_eq!(answer.status, 200);
         assert_eq!(answer.body, "ami-id\niam/\ninstance-id");
     }
 
     #[tokio::test]
     async fn identity_spellings_never_reach_the_metadata_service() {
-        let f = fixture().await;
+        let host = Host::standard().start().await;
         for path in [
             "/latest/meta-data/iam/security-credentials/HostRole",
             "/latest/meta-data//iam/security-credentials/HostRole",
@@ -787,22 +449,21 @@ mod routing {
             "/latest/dynamic/instance-identity/pkcs7",
             "/latest/user-data",
         ] {
-            let answer = f.send(WEB_IP, &format!("GET {path} HTTP/1.1\n")).await;
+            let answer = host.send(WEB_IP, &format!("GET {path} HTTP/1.1\n")).await;
             assert!(!answer.body.contains("CANARY"), "{path}: {answer:#?}");
         }
-        assert_eq!(f.upstream.get_hits(), 0);
+        assert_eq!(host.upstream.get_hits(), 0);
     }
 
     /// Outside EC2 (`"metadataURL": null`) SDKs looking for a region or an
     /// identity document find one, and nothing else hangs or leaks.
     #[tokio::test]
     async fn with_no_metadata_service_a_local_tree_answers() {
-        let f = fixture_with(
-            r#", "metadataURL": null, "localMetadata": {"region": "eu-west-1"}"#,
-            vec![],
-        )
-        .await;
-        let region = f
+        let host = Host::standard()
+            .set(r#"{"metadataURL": null, "localMetadata": {"region": "eu-west-1"}}"#)
+            .start()
+            .await;
+        let region = host
             .send(WEB_IP, "GET /latest/meta-data/placement/region HTTP/1.1\n")
             .await;
         assert_eq!(
@@ -813,7 +474,7 @@ mod routing {
                 body: "eu-west-1".into()
             }
         );
-        let identity = f
+        let identity = host
             .send(
                 WEB_IP,
                 "GET /latest/dynamic/instance-identity/document HTTP/1.1\n",
@@ -825,18 +486,18 @@ mod routing {
             document["accountId"], "111111111111",
             "the default role's account"
         );
-        let unknown = f
+        let unknown = host
             .send(WEB_IP, "GET /latest/meta-data/public-ipv4 HTTP/1.1\n")
             .await;
         assert_refused(&unknown, 404, "not in the local tree");
-        let listing = f
+        let listing = host
             .send(
                 WEB_IP,
                 "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\n",
             )
             .await;
         assert_eq!(listing.body, "Web");
-        assert_eq!(f.upstream.get_hits(), 0);
+        assert_eq!(host.upstream.get_hits(), 0);
     }
 
     /// `roleMappingFile` answers addresses that are not Docker containers.
@@ -846,15 +507,15 @@ mod routing {
         let path = dir.path().join("mappings.json");
         std::fs::write(&path, r#"{"192.0.2.10": "web", "192.0.2.11": "nope"}"#).unwrap();
         let mappings = Arc::new(StaticMappings::load(&path).unwrap());
-        let f = fixture_mapping("", vec![], Some(mappings)).await;
-        let listing = f
+        let host = Host::standard().mappings(mappings).start().await;
+        let listing = host
             .send(
                 "192.0.2.10",
                 "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\n",
             )
             .await;
         assert_eq!(listing.body, "Web");
-        let unknown = f
+        let unknown = host
             .send(
                 "192.0.2.11",
                 "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\n",
@@ -865,23 +526,23 @@ mod routing {
 
     #[tokio::test]
     async fn ambiguous_paths_are_400() {
-        let f = fixture().await;
+        let host = Host::standard().start().await;
         for path in [
             "/latest/meta-data/iam%2Fsecurity-credentials/",
             "/latest/meta-data/%5Ciam",
             "/latest/meta-data/%00",
             "/latest/meta-data/%C0%AE%C0%AE/iam",
         ] {
-            let answer = f.send(WEB_IP, &format!("GET {path} HTTP/1.1\n")).await;
+            let answer = host.send(WEB_IP, &format!("GET {path} HTTP/1.1\n")).await;
             assert_refused(&answer, 400, path);
         }
     }
 
     #[tokio::test]
     async fn only_get_head_and_the_token_put_are_methods() {
-        let f = fixture().await;
+        let host = Host::standard().start().await;
         for method in ["POST", "DELETE", "PATCH", "PUT", "OPTIONS"] {
-            let answer = f
+            let answer = host
                 .send(
                     WEB_IP,
                     &format!("{method} /latest/meta-data/iam/security-credentials/ HTTP/1.1\n"),
@@ -905,34 +566,22 @@ mod server {
         .await
     }
 
+    /// The standard host with a caller on 127.0.0.1 (`local`, alias `web`)
+    /// and one on 127.0.0.2 (`neighbour`, the default role), listening.
     async fn start_with(limits: Limits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-        let neighbour = container("neighbour", "127.0.0.2", &[]);
-        let f = loopback_fixture("local", vec![neighbour]).await;
-        let proxy = listen(f.imds, limits).await;
+        let host = Host::standard()
+            .loopback("local")
+            .container(container("neighbour", "127.0.0.2", &[]))
+            .start()
+            .await;
+        let proxy = host.listen(limits).await;
         (proxy.addr, proxy.stop)
-    }
-
-    /// Sends raw bytes and reads until the server closes the connection.
-    async fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(raw).await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Err(_) => break,
-                Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-                Ok(Err(_)) => break,
-            }
-        }
-        String::from_utf8_lossy(&seen).into_owned()
     }
 
     #[tokio::test]
     async fn head_has_no_body_and_every_response_has_a_request_id() {
         let (addr, _stop) = start().await;
-        let raw = exchange(addr, b"HEAD /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        let raw = exchange(addr, b"HEAD /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.raw;
         assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
         assert!(raw.contains("content-length: 3\r\n"), "{raw}");
         assert!(raw.ends_with("\r\n\r\n"), "no body after the head: {raw:?}");
@@ -949,7 +598,9 @@ mod server {
         let one = "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\n\r\n";
         let token = "PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token-ttl-seconds: 5\r\n\r\n";
         let last = "GET /latest/meta-data/iam/security-credentials HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        let raw = exchange(addr, format!("{one}{token}{last}").as_bytes()).await;
+        let raw = exchange(addr, format!("{one}{token}{last}").as_bytes())
+            .await
+            .raw;
         assert_eq!(raw.matches("HTTP/1.1 200 OK").count(), 3, "{raw}");
         assert!(raw.contains("x-aws-ec2-metadata-token-ttl-seconds: 5"));
     }
@@ -961,7 +612,8 @@ mod server {
             addr,
             b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.0\r\n\r\n",
         )
-        .await;
+        .await
+        .raw;
         assert!(raw.starts_with("HTTP/1.0 200 OK\r\n"), "{raw}");
         assert!(raw.ends_with("\r\n\r\nWeb"), "{raw}");
     }
@@ -973,7 +625,7 @@ mod server {
             "GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\nX-Junk: {}\r\n\r\n",
             "a".repeat(64 * 1024)
         );
-        let raw = exchange(addr, big.as_bytes()).await;
+        let raw = exchange(addr, big.as_bytes()).await.raw;
         assert!(raw.starts_with("HTTP/1.1 431 "), "{raw:?}");
     }
 
@@ -981,7 +633,9 @@ mod server {
     async fn a_request_head_that_never_finishes_is_closed() {
         let (addr, _stop) = start().await;
         let started = std::time::Instant::now();
-        let raw = exchange(addr, b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n").await;
+        let raw = exchange(addr, b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .raw;
         let waited = started.elapsed();
         assert!(
             waited < Duration::from_secs(3),
@@ -1003,7 +657,8 @@ mod server {
             addr,
             b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\n\r\n",
         )
-        .await;
+        .await
+        .raw;
         assert!(raw.starts_with("HTTP/1.1 200 OK"), "{raw}");
         let waited = started.elapsed();
         assert!(waited < Duration::from_secs(3), "closed after {waited:?}");

@@ -15,223 +15,23 @@
 //!   `cargo fuzz`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use ec2metaproxy::broker::Caller;
 use ec2metaproxy::config::DEFAULT_PASSTHROUGH;
 use ec2metaproxy::imds::path::{canonicalize, classify, names_identity, CanonicalPath, Route};
 use ec2metaproxy::server::Limits;
 
-use crate::raw::{
-    fixture_with, ip, listen, loopback_fixture, now, Fixture, Listening, NOW_SECS, WEB_IP,
-};
-
-const CORPUS: &str = include_str!("corpus/identity-requests.txt");
-const CANARY: &str = "CANARY";
-/// The proxy's own token request to the metadata service; not a caller's.
-const UPSTREAM_TOKEN_PATH: &str = "/latest/api/token";
-
-/// One corpus line.
-#[derive(Debug)]
-struct Case {
-    line: usize,
-    text: &'static str,
-    method: Vec<u8>,
-    target: Vec<u8>,
-    version: &'static str,
-    headers: Vec<Vec<u8>>,
-    forwards: Option<String>,
-}
-
-fn unescape(text: &str, line: usize) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            let hex = text
-                .get(i + 2..i + 4)
-                .filter(|_| bytes.get(i + 1) == Some(&b'x'))
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .unwrap_or_else(|| panic!("corpus line {line}: a backslash must start \\xHH"));
-            out.push(hex);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-fn corpus() -> Vec<Case> {
-    let mut cases = Vec::new();
-    for (index, text) in CORPUS.lines().enumerate() {
-        let line = index + 1;
-        let trimmed = text.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let mut fields = text.split(" | ");
-        let request = fields.next().unwrap();
-        let (method, target) = request
-            .split_once(' ')
-            .unwrap_or_else(|| panic!("corpus line {line}: expected METHOD TARGET"));
-        assert!(
-            !target.contains(' '),
-            "corpus line {line}: write spaces in the target as \\x20"
-        );
-        let mut case = Case {
-            line,
-            text,
-            method: unescape(method, line),
-            target: unescape(target, line),
-            version: "HTTP/1.1",
-            headers: Vec::new(),
-            forwards: None,
-        };
-        for field in fields {
-            if field == "@HTTP/1.0" {
-                case.version = "HTTP/1.0";
-            } else if let Some(path) = field.strip_prefix("@forwards ") {
-                case.forwards = Some(path.to_string());
-            } else {
-                assert!(
-                    !field.starts_with('@') && field.contains(':'),
-                    "corpus line {line}: unknown field {field:?}"
-                );
-                case.headers.push(unescape(field, line));
-            }
-        }
-        cases.push(case);
-    }
-    cases
-}
-
-impl Case {
-    /// The request as a client writes it, with `{TOKEN}` filled in.
-    fn bytes(&self, token: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&self.method);
-        out.push(b' ');
-        out.extend_from_slice(&self.target);
-        out.push(b' ');
-        out.extend_from_slice(self.version.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        let has_host = self
-            .headers
-            .iter()
-            .any(|h| h.to_ascii_lowercase().starts_with(b"host:"));
-        if !has_host && self.version == "HTTP/1.1" {
-            out.extend_from_slice(b"Host: 169.254.169.254\r\n");
-        }
-        for header in &self.headers {
-            let header = String::from_utf8_lossy(header).replace("{TOKEN}", token);
-            out.extend_from_slice(header.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"Connection: close\r\n\r\n");
-        out
-    }
-}
+use crate::support::corpus::{corpus, Case};
+use crate::support::exchange::exchange;
+use crate::support::host::{Host, LOOPBACK, WEB_IP};
+use crate::support::upstream::CANARY;
+use crate::support::NOW_SECS;
 
 /// What the proxy answered, and what the metadata service was asked meanwhile.
 struct Outcome {
     status: u16,
     body: String,
     upstream: BTreeMap<String, usize>,
-}
-
-fn snapshot(f: &Fixture) -> HashMap<String, usize> {
-    f.upstream.hits.lock().unwrap().clone()
-}
-
-/// Paths asked of the metadata service since `before` (the proxy's own token
-/// request left out).
-fn asked_since(f: &Fixture, before: &HashMap<String, usize>) -> BTreeMap<String, usize> {
-    snapshot(f)
-        .into_iter()
-        .filter(|(path, _)| path != UPSTREAM_TOKEN_PATH)
-        .filter_map(|(path, n)| {
-            let new = n - before.get(&path).copied().unwrap_or(0);
-            (new > 0).then_some((path, new))
-        })
-        .collect()
-}
-
-/// Parses the request as hyper does (httparse, then `http::Uri`) and answers
-/// it through `Imds::respond`; `None` when it does not parse (hyper answers
-/// 400 itself; the listener run covers those lines).
-async fn respond_in_process(f: &Fixture, caller: &str, raw: &[u8]) -> Option<(u16, String)> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut parsed = httparse::Request::new(&mut headers);
-    if !matches!(parsed.parse(raw), Ok(httparse::Status::Complete(_))) {
-        return None;
-    }
-    let method = http::Method::from_bytes(parsed.method?.as_bytes()).ok()?;
-    let uri: http::Uri = parsed.path?.parse().ok()?;
-    let mut builder = http::Request::builder().method(method).uri(uri);
-    for header in parsed.headers.iter() {
-        builder = builder.header(header.name, header.value);
-    }
-    let (parts, ()) = builder.body(()).ok()?.into_parts();
-    let reply = f
-        .imds
-        .respond(&Caller::address(ip(caller)), &parts, now())
-        .await;
-    let (parts, body) = reply.response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Some((
-        parts.status.as_u16(),
-        String::from_utf8_lossy(&body).into_owned(),
-    ))
-}
-
-/// Sends raw bytes to the listener and reads one response (to its
-/// `content-length`, or until the server closes).
-async fn exchange(addr: SocketAddr, raw: &[u8], head_request: bool) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    // A server may close before reading everything (a 400 on the first line).
-    let _ = stream.write_all(raw).await;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head_len)) = response.parse(&seen) {
-            let length = response
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok());
-            let status = response.code.unwrap_or(0);
-            let want = if head_request { Some(0) } else { length };
-            if let Some(want) = want {
-                if seen.len() >= head_len + want {
-                    let body = &seen[head_len..head_len + want];
-                    return (status, String::from_utf8_lossy(body).into_owned());
-                }
-            }
-        }
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-    }
-    // Closed (or timed out) before a whole response: report what was seen.
-    let text = String::from_utf8_lossy(&seen).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, text)
 }
 
 /// Paranoid, independent of `path.rs`: decodes percent-escapes until nothing
@@ -356,27 +156,28 @@ fn corpus_is_large_and_well_formed() {
 
 #[tokio::test]
 async fn corpus_in_process_never_reaches_the_hosts_identity() {
-    let f = fixture_with("", vec![]).await;
-    let token = f.token(WEB_IP, 600, NOW_SECS);
+    let host = Host::standard().start().await;
+    let token = host.token(WEB_IP, 600, NOW_SECS);
     let mut failures = Vec::new();
     let mut statuses = BTreeMap::new();
     let mut unparsed = 0;
     let cases = corpus();
     for case in &cases {
-        let before = snapshot(&f);
-        let Some((status, body)) = respond_in_process(&f, WEB_IP, &case.bytes(&token)).await else {
+        let before = host.upstream.snapshot();
+        let Some(answer) = host.respond_raw(WEB_IP, &case.bytes(&token)).await else {
             unparsed += 1;
             continue;
         };
+        let (status, body) = (answer.status, answer.body);
         *statuses.entry(status).or_insert(0) += 1;
         let outcome = Outcome {
             status,
             body,
-            upstream: asked_since(&f, &before),
+            upstream: host.upstream.asked_since(&before),
         };
         failures.extend(judge(case, "in process", &outcome));
     }
-    let asked = asked_since(&f, &HashMap::new());
+    let asked = host.upstream.asked_since(&HashMap::new());
     println!(
         "corpus in process: {} requests, {unparsed} not parseable (listener run covers them); {}; \
          metadata service asked {} times (only @forwards lines), {} of them for identity",
@@ -396,30 +197,30 @@ async fn corpus_in_process_never_reaches_the_hosts_identity() {
 
 #[tokio::test]
 async fn corpus_through_the_listener_never_reaches_the_hosts_identity() {
-    let f = loopback_fixture("local", vec![]).await;
+    let host = Host::standard().loopback("local").start().await;
     let limits = Limits {
         header_read_timeout: Duration::from_secs(2),
         ..Limits::default()
     };
-    let Listening { addr, stop, .. } = listen(f.imds.clone(), limits).await;
-    let token = f.token("127.0.0.1", 600, NOW_SECS);
+    let proxy = host.listen(limits).await;
+    let token = host.token(LOOPBACK, 600, NOW_SECS);
     let mut failures = Vec::new();
     let mut statuses = BTreeMap::new();
     let cases = corpus();
     for case in &cases {
-        let before = snapshot(&f);
-        let head = case.method == b"HEAD";
-        let (status, body) = exchange(addr, &case.bytes(&token), head).await;
+        let before = host.upstream.snapshot();
+        let answer = exchange(proxy.addr, &case.bytes(&token)).await.answer;
+        let (status, body) = (answer.status, answer.body);
         *statuses.entry(status).or_insert(0) += 1;
         let outcome = Outcome {
             status,
             body,
-            upstream: asked_since(&f, &before),
+            upstream: host.upstream.asked_since(&before),
         };
         failures.extend(judge(case, "listener", &outcome));
     }
-    let _ = stop.send(());
-    let asked = asked_since(&f, &HashMap::new());
+    let _ = proxy.stop.send(());
+    let asked = host.upstream.asked_since(&HashMap::new());
     println!(
         "corpus through the listener: {} requests; {}; \
          metadata service asked {} times (only @forwards lines), {} of them for identity",
@@ -470,16 +271,20 @@ async fn corpus_with_a_wide_passthrough_list_still_never_reaches_identity() {
     }
     let wide: Vec<String> = wide.into_iter().collect();
     let list = serde_json::to_string(&wide).unwrap();
-    let f = fixture_with(&format!(r#", "passthrough": {list}"#), vec![]).await;
-    let token = f.token(WEB_IP, 600, NOW_SECS);
+    let host = Host::standard()
+        .set(&format!(r#"{{"passthrough": {list}}}"#))
+        .start()
+        .await;
+    let token = host.token(WEB_IP, 600, NOW_SECS);
     let mut failures = Vec::new();
     let mut forwarded = 0;
     for case in &corpus() {
-        let before = snapshot(&f);
-        let Some((status, body)) = respond_in_process(&f, WEB_IP, &case.bytes(&token)).await else {
+        let before = host.upstream.snapshot();
+        let Some(answer) = host.respond_raw(WEB_IP, &case.bytes(&token)).await else {
             continue;
         };
-        let upstream = asked_since(&f, &before);
+        let (status, body) = (answer.status, answer.body);
+        let upstream = host.upstream.asked_since(&before);
         forwarded += upstream.values().sum::<usize>();
         let identity: Vec<_> = upstream
             .keys()

@@ -1,6 +1,7 @@
 //! Integration tests: the proxy's HTTP behaviour on raw requests, and the
 //! security corpus and properties, and addresses that change hands; and the
-//! layering of src/ (architecture).
+//! layering of src/ (architecture). The fixtures they share are in
+//! `support`; spec files import from it, never from each other.
 
 mod architecture;
 mod operations;
@@ -8,3 +9,4 @@ mod raw;
 mod remembered;
 mod reuse;
 mod security;
+mod support;
