@@ -8,22 +8,23 @@
 //!   the metadata service, except the `@forwards` lines and each only as
 //!   exactly its harmless path. Every path that does reach it is also checked
 //!   against an independent, deliberately paranoid idea of "names the host's
-//!   identity" ([`upstream_names_identity`]).
+//!   identity" (`support::identity`, the oracle the fuzz target shares).
 //! * `properties`: proptest over paths built from an alphabet rich in the
 //!   characters and words that matter. `PROPTEST_CASES=2000000` makes a long
 //!   run (see docs/security.md); `fuzz/` holds the same property for
-//!   `cargo fuzz`.
+//!   `cargo fuzz`, from the same file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use ec2metaproxy::config::DEFAULT_PASSTHROUGH;
-use ec2metaproxy::imds::path::{canonicalize, classify, names_identity, CanonicalPath, Route};
+use ec2metaproxy::imds::path::{canonicalize, names_identity};
 use ec2metaproxy::server::Limits;
 
 use crate::support::corpus::{corpus, Case};
 use crate::support::exchange::exchange;
 use crate::support::host::{Host, LOOPBACK, WEB_IP};
+use crate::support::identity::upstream_names_identity;
 use crate::support::upstream::CANARY;
 use crate::support::NOW_SECS;
 
@@ -32,58 +33,6 @@ struct Outcome {
     status: u16,
     body: String,
     upstream: BTreeMap<String, usize>,
-}
-
-/// Paranoid, independent of `path.rs`: decodes percent-escapes until nothing
-/// changes, treats `\` and `;` as separators, trims whitespace and dots'
-/// lookalike padding, lowercases, resolves dot segments and drops the API
-/// version; then asks whether what is left starts with a route that names the
-/// host's identity (or user-data, which is off by default and holds secrets).
-fn upstream_names_identity(path: &str) -> bool {
-    let mut text = path.to_string();
-    for _ in 0..8 {
-        let decoded = percent_encoding::percent_decode_str(&text)
-            .decode_utf8_lossy()
-            .into_owned();
-        if decoded == text {
-            break;
-        }
-        text = decoded;
-    }
-    let text = text
-        .to_lowercase()
-        .replace(['\\', ';', '?', '#'], "/")
-        .replace(['\u{ff0f}', '\u{2215}', '\u{2044}'], "/")
-        .replace('\u{ff0e}', ".");
-    let mut segments: Vec<String> = Vec::new();
-    for segment in text.split('/') {
-        let segment =
-            segment.trim_matches(|c: char| c.is_whitespace() || c.is_control() || c == '\u{200b}');
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            _ => segments.push(segment.to_string()),
-        }
-    }
-    let rest = match segments.split_first() {
-        Some((_version, rest)) => rest,
-        None => return false,
-    };
-    const IDENTITY: &[&[&str]] = &[
-        &["meta-data", "iam"],
-        &["meta-data", "identity-credentials"],
-        &["dynamic", "instance-identity", "pkcs7"],
-        &["dynamic", "instance-identity", "signature"],
-        &["dynamic", "instance-identity", "rsa2048"],
-        &["dynamic", "instance-identity", "rsa"],
-        &["dynamic", "fws"],
-        &["user-data"],
-    ];
-    IDENTITY.iter().any(|prefix| {
-        rest.len() >= prefix.len() && rest.iter().zip(prefix.iter()).all(|(s, p)| s == p)
-    })
 }
 
 /// Checks one answer; returns a failure description.
@@ -319,6 +268,9 @@ fn the_oracle_recognises_identity_spellings() {
         "/latest/meta-data/instance-id\\..\\identity-credentials/ec2/info",
         "/latest/user-data",
         "/latest/meta-data/instance-id/%EF%BC%8E%EF%BC%8E/iam/info",
+        // A zero-width space is trimmed like whitespace (the fuzz target's
+        // copy did not trim it).
+        "/latest/meta-data/instance-id/..%E2%80%8B/iam/info",
     ] {
         assert!(upstream_names_identity(path), "{path}");
     }
@@ -332,9 +284,65 @@ fn the_oracle_recognises_identity_spellings() {
     }
 }
 
+/// The fuzz target (which cannot be built here: libfuzzer-sys is not
+/// vendored) judges with the same oracle and properties: it compiles
+/// `tests/support/identity.rs` in through `#[path]` and keeps no copy of its
+/// own, and that file needs nothing of this crate, so the fuzz crate can
+/// build it.
+#[test]
+fn support_is_shared_with_the_fuzz_target() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("fuzz/fuzz_targets/classify.rs");
+    let fuzz = std::fs::read_to_string(&target).unwrap();
+    let include = "#[path = \"../../tests/support/identity.rs\"]\nmod identity;";
+    assert!(
+        fuzz.contains(include),
+        "{} lacks {include:?}",
+        target.display()
+    );
+    let included = target
+        .parent()
+        .unwrap()
+        .join("../../tests/support/identity.rs");
+    assert_eq!(
+        std::fs::canonicalize(included).unwrap(),
+        root.join("tests/support/identity.rs")
+    );
+    assert!(
+        fuzz.contains("identity::check_path("),
+        "the fuzz target runs the shared properties"
+    );
+    for own in [
+        "fn upstream_names_identity",
+        "const IDENTITY",
+        "percent_decode",
+    ] {
+        assert!(!fuzz.contains(own), "the fuzz target keeps its own {own:?}");
+    }
+    let shared = std::fs::read_to_string(root.join("tests/support/identity.rs")).unwrap();
+    for line in shared
+        .lines()
+        .filter(|l| l.trim_start().starts_with("use "))
+    {
+        assert!(
+            line.contains("ec2metaproxy::")
+                || line.contains("percent_encoding::")
+                || line.contains("std::"),
+            "tests/support/identity.rs uses what the fuzz crate lacks: {line}"
+        );
+    }
+    for word in ["crate::", "super::"] {
+        assert!(
+            !shared.contains(word),
+            "tests/support/identity.rs reaches into the test crate ({word})"
+        );
+    }
+}
+
 /// Properties of `canonicalize` and `classify` over hostile paths.
 mod properties {
     use super::*;
+    use crate::support::identity::check_path;
     use proptest::prelude::*;
 
     /// Pieces paths are built from: separators, dots, escapes, parameters, and
@@ -448,84 +456,10 @@ mod properties {
             })
     }
 
-    /// What every canonical path must satisfy; shared by both strategies.
+    /// What every path must satisfy (`support::identity::check_path`, which
+    /// the fuzz target runs too); shared by both strategies.
     fn check(raw: &str) -> Result<(), TestCaseError> {
-        let Ok(path) = canonicalize(raw) else {
-            return Ok(());
-        };
-        let allowed = passthrough();
-        let route = classify(&path, &allowed);
-        let uri = path.to_uri_path();
-        let again = canonicalize(&uri);
-        prop_assert_eq!(
-            again.as_ref(),
-            Ok(&path),
-            "canonicalize is idempotent: {:?} -> {:?}",
-            raw,
-            uri
-        );
-        prop_assert_eq!(
-            classify(again.as_ref().unwrap(), &allowed),
-            route.clone(),
-            "classification survives re-encoding: {:?}",
-            raw
-        );
-        if let Route::Passthrough(forwarded) = &route {
-            prop_assert!(
-                !upstream_names_identity(forwarded),
-                "{:?} passes through as {:?}, which names identity",
-                raw,
-                forwarded
-            );
-            let forwarded_path: CanonicalPath = canonicalize(forwarded)
-                .map_err(|e| TestCaseError::fail(format!("{raw:?} -> {forwarded:?}: {e}")))?;
-            let rest = forwarded_path
-                .segments
-                .get(1..)
-                .unwrap_or_default()
-                .join("/");
-            prop_assert!(
-                rest.is_empty() || !names_identity(&rest) || is_directory_index(&rest),
-                "{:?} passes through as {:?}",
-                raw,
-                forwarded
-            );
-            // After the version, lowercased, compared segment-aligned.
-            let after_version = forwarded[1..].split_once('/').map_or("", |(_, rest)| rest);
-            let after_version = format!("{}/", after_version.to_ascii_lowercase());
-            for identity in [
-                "meta-data/iam/",
-                "meta-data/identity-credentials/",
-                "dynamic/instance-identity/pkcs7/",
-                "dynamic/instance-identity/signature/",
-                "dynamic/instance-identity/rsa2048/",
-                "dynamic/instance-identity/rsa/",
-                "dynamic/fws/",
-                "user-data/",
-            ] {
-                prop_assert!(
-                    !after_version.starts_with(identity),
-                    "{:?} passes through as {:?}",
-                    raw,
-                    forwarded
-                );
-            }
-            prop_assert!(
-                forwarded
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'\\'),
-                "{:?} passes through as {:?}: not plain ASCII",
-                raw,
-                forwarded
-            );
-        }
-        Ok(())
-    }
-
-    /// `meta-data` and `dynamic` are directory listings: they name identity
-    /// routes as prefixes but return only names.
-    fn is_directory_index(rest: &str) -> bool {
-        matches!(rest, "meta-data" | "dynamic")
+        check_path(raw, &passthrough()).map_err(TestCaseError::fail)
     }
 
     proptest! {

@@ -8,12 +8,15 @@
 //!   service, both counting what they are asked.
 //! * [`exchange`]: requests in (a request head, raw bytes), whole answers
 //!   out (status, headers, body), in process or over a socket.
+//! * [`identity`]: the identity oracle and the classifier's properties,
+//!   shared with `fuzz/fuzz_targets/classify.rs`.
 //! * [`corpus`]: the reader of `tests/corpus/identity-requests.txt`.
 
 pub mod corpus;
 pub mod docker;
 pub mod exchange;
 pub mod host;
+pub mod identity;
 pub mod sts;
 pub mod upstream;
 
