@@ -531,7 +531,9 @@ mod tests {
         assert_eq!(short.refresh_ahead, Duration::from_secs(600));
     }
 
-    #[tokio::test]
+    /// The fake STS's delays are tokio time: on the paused clock they
+    /// overlap or queue exactly as they would, in no real time.
+    #[tokio::test(start_paused = true)]
     async fn concurrent_misses_for_one_key_make_one_assume_role() {
         let sts = CountingSts::new(Duration::from_millis(50));
         let cache = Arc::new(CredentialCache::new(
@@ -554,14 +556,14 @@ mod tests {
         assert!(keys.iter().all(|k| k == "ASIA1"));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn different_keys_do_not_wait_for_each_other() {
         let sts = CountingSts::new(Duration::from_millis(200));
         let cache = Arc::new(CredentialCache::new(
             sts.clone(),
             Timing::for_duration(HOUR),
         ));
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let (ra, rb) = (request("a"), request("b"));
         let (a, b) = tokio::join!(cache.get(&ra, at(0)), cache.get(&rb, at(0)));
         assert!(a.is_ok() && b.is_ok());

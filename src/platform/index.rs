@@ -701,6 +701,16 @@ mod tests {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
+    /// Lets the watcher apply what it was sent. The tests run on tokio's
+    /// paused clock: the miss wait, the list interval's pause and the
+    /// reconnect backoff are tokio timers, skipped in no real time. Three
+    /// tests stay on the real clock, those that look up again after a
+    /// lookup waited out MISS_WAIT: a lookup's deadline is computed from
+    /// `std::time::Instant` (`from_std(now + MISS_WAIT)`), so once the
+    /// paused clock has run MISS_WAIT ahead of the wall clock, the next
+    /// lookup's wait is over before it starts (and the negative cache's
+    /// test, `a_non_container_caller_...`, would pass with no negative
+    /// cache at all).
     async fn settle() {
         for _ in 0..50 {
             tokio::task::yield_now().await;
@@ -717,7 +727,7 @@ mod tests {
         (child, Process::Watched(Arc::new(watch)))
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn listed_containers_processes_are_learnt_in_the_background_and_kept() {
         let (mut child, process) = running_process();
         let source = FakeSource::listing_without_processes(vec![
@@ -738,6 +748,7 @@ mod tests {
         child.wait().unwrap();
     }
 
+    /// On the real clock: see `settle` for why.
     #[tokio::test]
     async fn a_container_whose_process_exited_is_dropped_before_dockers_event() {
         let (mut child, process) = running_process();
@@ -763,6 +774,7 @@ mod tests {
         assert_eq!(index.lookup(ip).await.unwrap().id, "new");
     }
 
+    /// On the real clock: see `settle` for why.
     #[tokio::test]
     async fn an_exited_container_docker_still_lists_without_pids_is_not_indexed_again() {
         let (mut child, process) = running_process();
@@ -785,7 +797,7 @@ mod tests {
         assert!(index.get(ip).is_none());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn start_and_die_events_keep_the_index_current() {
         let (source, events) = FakeSource::new(vec![container("a", "10.0.0.2")]);
         let index = ContainerIndex::watch(source.clone());
@@ -807,7 +819,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn subscribers_hear_of_containers_that_start_and_go() {
         let (source, events) = FakeSource::new(vec![container("a", "10.0.0.2")]);
         let index = ContainerIndex::watch(source.clone());
@@ -820,7 +832,7 @@ mod tests {
         assert!(matches!(changes.recv().await.unwrap(), IndexChange::Gone(c) if c.id == "a"));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_unknown_address_triggers_one_refresh_that_finds_a_new_container() {
         let (source, _events) = FakeSource::new(vec![]);
         let index = ContainerIndex::watch(source.clone());
@@ -836,7 +848,7 @@ mod tests {
         assert_eq!(source.lists.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_address_docker_lists_late_is_found_when_its_event_arrives() {
         let (source, events) = FakeSource::new(vec![]);
         let index = ContainerIndex::watch(source.clone());
@@ -859,6 +871,7 @@ mod tests {
         assert_eq!(lookup.await.unwrap().unwrap().id, "late");
     }
 
+    /// On the real clock: see `settle` for why.
     #[tokio::test]
     async fn a_non_container_caller_cannot_make_the_proxy_list_docker_in_a_loop() {
         let (source, _events) = FakeSource::new(vec![]);
@@ -874,7 +887,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn concurrent_misses_share_one_list() {
         let (source, _events) = FakeSource::new(vec![]);
         let index = ContainerIndex::watch(source.clone());
@@ -888,7 +901,7 @@ mod tests {
         assert!(source.lists.load(Ordering::SeqCst) <= 3);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_broken_event_stream_is_followed_by_a_resync() {
         let (source, events) = FakeSource::new(vec![container("a", "10.0.0.2")]);
         let index = ContainerIndex::watch(source.clone());
