@@ -109,14 +109,23 @@ async fn metrics_count_requests_by_route_status_and_alias() {
     assert!(!after.contains("scraped"), "no container names in labels");
 }
 
-/// SIGTERM's path: stop accepting, let the request in flight finish.
+/// SIGTERM's path: stop accepting, let the request in flight finish: the
+/// stop comes while the request waits on STS. (On the real clock, as every
+/// test through a socket: see `raw::server`.)
 #[tokio::test]
 async fn shutdown_finishes_a_request_in_flight() {
     let host = Host::standard().loopback("slow").start().await;
     *host.sts.delay.lock().unwrap() = Duration::from_millis(500);
     let Listening { addr, stop, server } = host.listen(Limits::default()).await;
     let in_flight = tokio::spawn(get(addr, "/latest/meta-data/iam/security-credentials/Web"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    while host.sts.count() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "no request in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     stop.send(()).unwrap();
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, 200);
@@ -128,8 +137,9 @@ async fn shutdown_finishes_a_request_in_flight() {
 }
 
 /// A container's first request finds its credentials already fetched: the
-/// prefetcher acts on the index's start notice.
-#[tokio::test]
+/// prefetcher acts on the index's start notice. In process, so on tokio's
+/// paused clock: the waits for the prefetch take no real time.
+#[tokio::test(start_paused = true)]
 async fn a_started_container_finds_its_credentials_ready() {
     let host = Host::builder(ONE_ROLE)
         .container(container("one", "10.9.0.2", &[]))
@@ -137,9 +147,9 @@ async fn a_started_container_finds_its_credentials_ready() {
         .sts_issues_at(SystemTime::now())
         .start()
         .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while host.sts.calls.lock().unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no prefetch");
+        assert!(tokio::time::Instant::now() < deadline, "no prefetch");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(

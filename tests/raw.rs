@@ -555,6 +555,12 @@ mod routing {
 }
 
 /// Through the real listener: what only the server layer can get wrong.
+///
+/// These stay on the real clock, although hyper's timers are tokio time: a
+/// paused clock jumps to the next timer whenever the runtime finds nothing
+/// ready, and on a loaded machine the kernel may hand over a loopback
+/// packet (an accept, a close) a moment after the runtime looked. Tried:
+/// 3 failures in 60 runs of the whole suite with 16 test threads.
 mod server {
     use super::*;
 

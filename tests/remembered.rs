@@ -2,6 +2,9 @@
 //! what `respond` would answer, byte for byte, and it is given up the moment
 //! any input of that answer changes. Each test asks as the server does:
 //! the remembered answer first, else `respond`, keeping what it answers.
+//! Tests that make the container index list again or wait for an
+//! address's next owner run on tokio's paused clock: those waits (up to
+//! 600 ms each) take no real time.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -178,7 +181,7 @@ async fn a_new_snapshot_in_either_live_cell_is_answered_by_respond() {
     assert_eq!(c.ask(CREDENTIALS, &[], now()).await.0, Source::Memory);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_container_that_left_the_index_is_answered_by_respond() {
     let c = Connection::open(web_host()).await;
     c.ask(CREDENTIALS, &[], now()).await;
@@ -189,7 +192,7 @@ async fn a_container_that_left_the_index_is_answered_by_respond() {
     assert_eq!((from, answer.status), (Source::Respond, 404));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn any_index_change_is_answered_by_respond_once() {
     let c = Connection::open(web_host()).await;
     c.ask(CREDENTIALS, &[], now()).await;
@@ -201,7 +204,7 @@ async fn any_index_change_is_answered_by_respond_once() {
     assert_eq!(c.ask(CREDENTIALS, &[], now()).await.0, Source::Memory);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_container_whose_process_exited_is_answered_by_respond() {
     let mut c = Connection::open(web_host()).await;
     c.ask(CREDENTIALS, &[], now()).await;

@@ -3,6 +3,9 @@
 //! much later while its event stream is down). The proxy asks the kernel, so
 //! the address's next owner is never served as the container that left,
 //! and cannot use its tokens.
+//!
+//! In process, on tokio's paused clock: the index's wait for an address's
+//! next owner (up to 600 ms) and its pause between lists take no real time.
 
 use std::time::SystemTime;
 
@@ -64,7 +67,7 @@ fn batch() -> Container {
     container("new", ADDRESS, &[("ec2metaproxy.RoleAlias", "batch")])
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_next_owner_of_an_address_gets_its_own_role_before_docker_says_so() {
     let mut host = host().await;
     assert_eq!(role(&host, None).await, (200, "Web".into()));
@@ -72,7 +75,7 @@ async fn the_next_owner_of_an_address_gets_its_own_role_before_docker_says_so() 
     assert_eq!(role(&host, None).await, (200, "Batch".into()));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_exited_container_is_not_served_while_docker_still_lists_it() {
     let mut host = host().await;
     assert_eq!(role(&host, None).await, (200, "Web".into()));
@@ -81,7 +84,7 @@ async fn an_exited_container_is_not_served_while_docker_still_lists_it() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_token_is_refused_from_the_next_owner_of_its_address() {
     let mut host = host().await;
     let (status, token) = ask(&host, "PUT", "/latest/api/token", &[(TTL_HEADER, "600")]).await;

@@ -26,6 +26,13 @@ pub struct FakeSts {
     pub delay: Mutex<Duration>,
 }
 
+impl FakeSts {
+    /// How many AssumeRole calls were made.
+    pub fn count(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+}
+
 #[async_trait]
 impl AssumeRole for FakeSts {
     async fn assume_role(
