@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::Response;
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 
@@ -107,7 +107,7 @@ impl LocalMetadata {
             ("meta-data/placement/region", self.region.clone()),
             (
                 "dynamic/instance-identity/document",
-                serde_json::to_string_pretty(&identity).expect("serialisable"),
+                format!("{identity:#}"),
             ),
         ]
         .into_iter()
@@ -115,13 +115,13 @@ impl LocalMetadata {
         .collect()
     }
 
-    /// Answers `segments` (after the version): a leaf, a directory listing,
-    /// or 404.
-    pub fn answer(&self, segments: &[&str], now: SystemTime) -> Response<Full<Bytes>> {
+    /// Answers `segments` (after the version): a leaf or a directory
+    /// listing; `None` when the tree has nothing there (a 404).
+    pub fn answer(&self, segments: &[&str], now: SystemTime) -> Option<Response<Full<Bytes>>> {
         let path = segments.join("/");
         let leaves = self.leaves(now);
         if let Some(body) = leaves.get(&path) {
-            return document::text(body.clone());
+            return Some(document::text(body.clone()));
         }
         // A directory: list its children, directories with a trailing slash.
         let prefix = if path.is_empty() {
@@ -142,11 +142,7 @@ impl LocalMetadata {
         }
         children.sort();
         children.dedup();
-        if children.is_empty() {
-            document::status_page(StatusCode::NOT_FOUND)
-        } else {
-            document::text(children.join("\n"))
-        }
+        (!children.is_empty()).then(|| document::text(children.join("\n")))
     }
 }
 
@@ -157,7 +153,9 @@ mod tests {
 
     async fn get(local: &LocalMetadata, path: &str) -> (u16, String) {
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let response = local.answer(&segments, SystemTime::UNIX_EPOCH);
+        let Some(response) = local.answer(&segments, SystemTime::UNIX_EPOCH) else {
+            return (404, String::new());
+        };
         let status = response.status().as_u16();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())

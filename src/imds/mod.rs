@@ -27,13 +27,14 @@ use http_body_util::Full;
 
 use crate::broker::{Broker, Caller};
 use crate::container::Container;
-use crate::roles::{Assignment, Role, RoleMap};
+use crate::credentials::sts::StsError;
+use crate::roles::{Assignment, Role, RoleError, RoleMap};
 use crate::server::{Answered, Peer, Request, Service};
 use crate::time::unix_secs;
 use local::LocalMetadata;
-use path::{canonicalize, classify, Flavor, Route, Version};
+use path::{canonicalize, classify, ContainerRoute, Flavor, PathError, Route, Version};
 use token::{Holder, TokenKey};
-use upstream::Upstream;
+use upstream::{Upstream, UpstreamError};
 
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
@@ -52,6 +53,76 @@ const METADATA_ADDRESSES: [SocketAddr; 2] = [
         80,
     ),
 ];
+
+/// Why a request gets no plain answer, in the words its response line
+/// gives. [`Refusal::status`] maps each to the status that makes SDKs do
+/// the right thing (docs/ARCHITECTURE.md), in one match: a new refusal
+/// must choose its status. The body is always IMDS's fixed page; the words
+/// go to the log, never to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    BadPath(#[from] PathError),
+    #[error("token PUT without a TTL of 1..=21600 seconds")]
+    BadTtl,
+    #[error("token PUT on a dated API version")]
+    DatedTokenPut,
+    #[error("token PUT carries X-Forwarded-For")]
+    ForwardedTokenPut,
+    /// A 401 here would send Go and JS clients to fetch a new token, which
+    /// is refused too: a loop. 403 ends it.
+    #[error("token request carries X-Forwarded-For")]
+    ForwardedToken,
+    #[error("invalid or expired token")]
+    BadToken,
+    #[error("IMDSv1 refused: requireToken is set")]
+    TokenRequired,
+    #[error("method not allowed here")]
+    Method { allow: &'static str },
+    #[error("not an IMDS path")]
+    NotImdsPath,
+    #[error("no running container has this address")]
+    UnknownCaller,
+    #[error(transparent)]
+    Caller(#[from] crate::broker::Refusal),
+    #[error(transparent)]
+    Role(#[from] RoleError),
+    #[error("asked for role {0:?}, which is not this container's")]
+    OtherRole(String),
+    #[error("{0}")]
+    Denied(&'static str),
+    #[error("not in the local metadata tree")]
+    NotLocal,
+    #[error(transparent)]
+    Sts(#[from] StsError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl Refusal {
+    /// 400 is final for botocore and aws-config; 401 makes clients fetch a
+    /// new token; 404 means "no credentials here" and burns no retries; 5xx
+    /// only for real failures.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadPath(_) | Refusal::BadTtl => StatusCode::BAD_REQUEST,
+            Refusal::BadToken | Refusal::TokenRequired => StatusCode::UNAUTHORIZED,
+            Refusal::DatedTokenPut | Refusal::ForwardedTokenPut | Refusal::ForwardedToken => {
+                StatusCode::FORBIDDEN
+            }
+            Refusal::NotImdsPath
+            | Refusal::UnknownCaller
+            | Refusal::Caller(_)
+            | Refusal::Role(_)
+            | Refusal::OtherRole(_)
+            | Refusal::Denied(_)
+            | Refusal::NotLocal => StatusCode::NOT_FOUND,
+            Refusal::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Refusal::Sts(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
 
 /// A response and what the response log line says about it.
 pub struct Reply {
@@ -78,10 +149,16 @@ impl Reply {
         }
     }
 
-    fn status(status: StatusCode, reason: impl Into<Cow<'static, str>>) -> Reply {
+    fn refused(refusal: Refusal) -> Reply {
+        let mut response = document::status_page(refusal.status());
+        if let Refusal::Method { allow } = refusal {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         Reply {
-            reason: Some(reason.into()),
-            ..Reply::new(document::status_page(status))
+            reason: Some(refusal.to_string().into()),
+            ..Reply::new(response)
         }
     }
 
@@ -116,9 +193,13 @@ pub struct Imds {
     broker: Arc<Broker>,
     settings: Arc<ArcSwap<Settings>>,
     tokens: TokenKey,
-    upstream: Option<Upstream>,
-    /// The synthesised tree, when there is no upstream.
-    local: Option<LocalMetadata>,
+    metadata: Metadata,
+}
+
+/// What answers the metadata that is not the container's own.
+enum Metadata {
+    Upstream(Box<Upstream>),
+    Local(LocalMetadata),
 }
 
 impl Imds {
@@ -128,16 +209,15 @@ impl Imds {
         tokens: TokenKey,
         metadata: MetadataSource,
     ) -> Imds {
-        let (upstream, local) = match metadata {
-            MetadataSource::Upstream(url) => (Some(Upstream::new(&url)), None),
-            MetadataSource::Local(local) => (None, Some(local)),
+        let metadata = match metadata {
+            MetadataSource::Upstream(url) => Metadata::Upstream(Box::new(Upstream::new(&url))),
+            MetadataSource::Local(local) => Metadata::Local(local),
         };
         Imds {
             broker,
             settings,
             tokens,
-            upstream,
-            local,
+            metadata,
         }
     }
 
@@ -150,7 +230,7 @@ impl Imds {
     ) -> Reply {
         let path = match canonicalize(request.uri.path()) {
             Ok(path) => path,
-            Err(error) => return Reply::status(StatusCode::BAD_REQUEST, error.to_string()),
+            Err(error) => return Reply::refused(error.into()),
         };
         let settings = self.settings.load();
         let route = classify(&path, &settings.passthrough);
@@ -170,74 +250,68 @@ impl Imds {
     ) -> Reply {
         let headers = &request.headers;
         let unix_now = unix_secs(now);
-
-        if let Route::Token { version } = &route {
-            if request.method != Method::PUT {
-                return method_not_allowed("PUT");
+        let asked = match route {
+            Route::Token { .. } if request.method != Method::PUT => {
+                return Reply::refused(Refusal::Method { allow: "PUT" })
             }
-            return Box::pin(self.issue_token(caller, version, headers, unix_now)).await;
-        }
-        if route == Route::NotFound {
-            return Reply::status(StatusCode::NOT_FOUND, "not an IMDS path");
-        }
+            Route::Token { version } => {
+                return Box::pin(self.issue_token(caller, &version, headers, unix_now)).await
+            }
+            Route::NotFound => return Reply::refused(Refusal::NotImdsPath),
+            Route::Container(asked) => asked,
+        };
         if request.method != Method::GET && request.method != Method::HEAD {
-            return method_not_allowed("GET, HEAD");
+            return Reply::refused(Refusal::Method { allow: "GET, HEAD" });
         }
         // Read before the lookup, for a remembered answer (see `remembered`).
         let index_generation = self.broker.index_generation();
         let container = match self.broker.identify(caller).await {
             Ok(container) => container,
-            Err(refusal) => return Reply::status(StatusCode::NOT_FOUND, refusal.to_string()),
+            Err(refusal) => return Reply::refused(refusal.into()),
         };
         let holder = Holder::new(caller.ip, container.as_deref().map(|c| c.id.as_str()));
-        if let Some((status, why)) = self.token_refusal(headers, holder, settings, unix_now) {
-            return Reply::status(status, why);
+        if let Some(refusal) = self.token_refusal(headers, holder, settings, unix_now) {
+            return Reply::refused(refusal);
         }
-
         let Some(container) = container else {
-            return Reply::status(
-                StatusCode::NOT_FOUND,
-                "no running container has this address",
-            );
+            return Reply::refused(Refusal::UnknownCaller);
         };
         let roles = self.broker.roles();
         let assignment = match self.broker.assign(&roles, &container).await {
             Ok(assignment) => assignment,
-            Err(error) => {
-                return Reply::status(StatusCode::NOT_FOUND, error.to_string())
-                    .with(&container, None)
-            }
+            Err(error) => return Reply::refused(error.into()).with(&container, None),
         };
         let role = &assignment.role;
-        let reply = match route {
-            Route::IamIndex => Reply::new(document::text("info\nsecurity-credentials/")),
-            Route::RoleListing(_) => Reply::new(document::text(role.arn.name().to_string())),
-            Route::IamInfo => Reply::new(document::iam_info(&role.arn, now)),
-            Route::RoleCredentials(flavor, name) => {
-                if name != role.arn.name() {
-                    Reply::status(
-                        StatusCode::NOT_FOUND,
-                        format!("asked for role {name:?}, which is not this container's"),
-                    )
-                } else {
-                    let remember = Remembrance {
-                        path: request.uri.path(),
-                        roles: &roles,
-                        settings,
-                        index_generation,
-                        container: &container,
-                    };
-                    self.credentials_reply(&assignment, flavor, now, remember)
-                        .await
-                }
+        let answered = match asked {
+            ContainerRoute::IamIndex => {
+                Ok(Reply::new(document::text("info\nsecurity-credentials/")))
             }
-            Route::Passthrough(path) => {
+            ContainerRoute::RoleListing(_) => {
+                Ok(Reply::new(document::text(role.arn.name().to_string())))
+            }
+            ContainerRoute::IamInfo => Ok(Reply::new(document::iam_info(&role.arn, now))),
+            ContainerRoute::RoleCredentials(_, name) if name != role.arn.name() => {
+                Err(Refusal::OtherRole(name.to_string()))
+            }
+            ContainerRoute::RoleCredentials(flavor, _) => {
+                let remember = Remembrance {
+                    path: request.uri.path(),
+                    roles: &roles,
+                    settings,
+                    index_generation,
+                    container: &container,
+                };
+                self.credentials_reply(&assignment, flavor, now, remember)
+                    .await
+            }
+            ContainerRoute::Passthrough(path) => {
                 Box::pin(self.passthrough(&request.method, &path, now)).await
             }
-            Route::Denied(why) => Reply::status(StatusCode::NOT_FOUND, why),
-            Route::Token { .. } | Route::NotFound => unreachable!("answered above"),
+            ContainerRoute::Denied(why) => Err(Refusal::Denied(why)),
         };
-        reply.with(&container, Some(role))
+        answered
+            .unwrap_or_else(Reply::refused)
+            .with(&container, Some(role))
     }
 
     /// Why a GET from `holder` is refused for its token (or the lack of
@@ -249,22 +323,14 @@ impl Imds {
         holder: Holder<'_>,
         settings: &Settings,
         unix_now: u64,
-    ) -> Option<(StatusCode, &'static str)> {
+    ) -> Option<Refusal> {
         match headers.get(&TOKEN_NAME) {
-            // A 401 here would send Go and JS clients to fetch a new token,
-            // which is refused too: a loop. 403 ends it.
-            Some(_) if headers.contains_key(&FORWARDED_FOR) => Some((
-                StatusCode::FORBIDDEN,
-                "token request carries X-Forwarded-For",
-            )),
+            Some(_) if headers.contains_key(&FORWARDED_FOR) => Some(Refusal::ForwardedToken),
             Some(token) if !self.tokens.is_valid(token.as_bytes(), holder, unix_now) => {
-                Some((StatusCode::UNAUTHORIZED, "invalid or expired token"))
+                Some(Refusal::BadToken)
             }
             Some(_) => None,
-            None if settings.require_token => Some((
-                StatusCode::UNAUTHORIZED,
-                "IMDSv1 refused: requireToken is set",
-            )),
+            None if settings.require_token => Some(Refusal::TokenRequired),
             None => None,
         }
     }
@@ -277,21 +343,18 @@ impl Imds {
         unix_now: u64,
     ) -> Reply {
         if *version != Version::Latest {
-            return Reply::status(StatusCode::FORBIDDEN, "token PUT on a dated API version");
+            return Reply::refused(Refusal::DatedTokenPut);
         }
         if headers.contains_key(&FORWARDED_FOR) {
-            return Reply::status(StatusCode::FORBIDDEN, "token PUT carries X-Forwarded-For");
+            return Reply::refused(Refusal::ForwardedTokenPut);
         }
         let Some(ttl) = token::parse_ttl(headers.get(&TTL_NAME)) else {
-            return Reply::status(
-                StatusCode::BAD_REQUEST,
-                "token PUT without a TTL of 1..=21600 seconds",
-            );
+            return Reply::refused(Refusal::BadTtl);
         };
         // A token is never minted for a connection that fails the proof.
         let container = match self.broker.identify(caller).await {
             Ok(container) => container,
-            Err(refusal) => return Reply::status(StatusCode::NOT_FOUND, refusal.to_string()),
+            Err(refusal) => return Reply::refused(refusal.into()),
         };
         let holder = Holder::new(caller.ip, container.as_deref().map(|c| c.id.as_str()));
         let token = self.tokens.issue(holder, ttl, unix_now);
@@ -313,11 +376,8 @@ impl Imds {
         flavor: Flavor,
         now: SystemTime,
         remember: Remembrance<'_>,
-    ) -> Reply {
-        let held = match self.broker.credentials(assignment, now).await {
-            Ok(held) => held,
-            Err(error) => return Reply::status(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
-        };
+    ) -> Result<Reply, Refusal> {
+        let held = self.broker.credentials(assignment, now).await?;
         let account = (flavor == Flavor::Extended).then(|| assignment.role.arn.account());
         let body = document::credentials_body(&held.credentials, account);
         let mut reply = Reply::new(document::text(body.clone()));
@@ -335,31 +395,33 @@ impl Imds {
                 body: Bytes::copy_from_slice(&body),
             }));
         }
-        reply
+        Ok(reply)
     }
 
-    async fn passthrough(&self, method: &Method, path: &str, now: SystemTime) -> Reply {
-        let Some(upstream) = &self.upstream else {
-            let Some(local) = &self.local else {
-                return Reply::status(StatusCode::NOT_FOUND, "no metadata service is configured");
-            };
-            // The canonical path: the version, then the segments asked for.
-            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).skip(1).collect();
-            let response = local.answer(&segments, now);
-            return match response.status() {
-                StatusCode::OK => Reply::new(response),
-                status => Reply {
-                    reason: Some("not in the local metadata tree".into()),
-                    ..Reply::new(document::status_page(status))
-                },
-            };
-        };
-        match upstream.fetch(method, path).await {
-            Ok(response) if is_meta_data_index(path) => {
-                Reply::new(without_identity_entries(response))
+    async fn passthrough(
+        &self,
+        method: &Method,
+        path: &str,
+        now: SystemTime,
+    ) -> Result<Reply, Refusal> {
+        match &self.metadata {
+            Metadata::Local(local) => {
+                // The canonical path: the version, then the segments asked for.
+                let segments: Vec<&str> =
+                    path.split('/').filter(|s| !s.is_empty()).skip(1).collect();
+                local
+                    .answer(&segments, now)
+                    .map(Reply::new)
+                    .ok_or(Refusal::NotLocal)
             }
-            Ok(response) => Reply::new(response),
-            Err(error) => Reply::status(StatusCode::BAD_GATEWAY, error.to_string()),
+            Metadata::Upstream(upstream) => {
+                let response = upstream.fetch(method, path).await?;
+                Ok(Reply::new(if is_meta_data_index(path) {
+                    without_identity_entries(response)
+                } else {
+                    response
+                }))
+            }
         }
     }
 }
@@ -462,21 +524,14 @@ fn without_identity_entries(response: Response<Full<Bytes>>) -> Response<Full<By
 fn route_kind(route: &Route) -> &'static str {
     match route {
         Route::Token { .. } => "token",
-        Route::IamIndex => "iam-index",
-        Route::IamInfo => "iam-info",
-        Route::RoleListing(_) => "role-listing",
-        Route::RoleCredentials(_, _) => "credentials",
-        Route::Passthrough(_) => "passthrough",
-        Route::Denied(_) => "denied",
         Route::NotFound => "not-found",
+        Route::Container(asked) => match asked {
+            ContainerRoute::IamIndex => "iam-index",
+            ContainerRoute::IamInfo => "iam-info",
+            ContainerRoute::RoleListing(_) => "role-listing",
+            ContainerRoute::RoleCredentials(_, _) => "credentials",
+            ContainerRoute::Passthrough(_) => "passthrough",
+            ContainerRoute::Denied(_) => "denied",
+        },
     }
-}
-
-fn method_not_allowed(allow: &'static str) -> Reply {
-    let mut reply = Reply::status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
-    reply
-        .response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    reply
 }

@@ -270,6 +270,15 @@ pub enum Flavor {
 pub enum Route<'a> {
     /// `api/token`
     Token { version: Version },
+    /// Not an IMDS API path at all.
+    NotFound,
+    /// A route answered only to a caller that is a known container.
+    Container(ContainerRoute<'a>),
+}
+
+/// The routes answered only to a known container, passthrough included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerRoute<'a> {
     /// `meta-data/iam/`
     IamIndex,
     /// `meta-data/iam/info`
@@ -282,8 +291,6 @@ pub enum Route<'a> {
     Passthrough(String),
     /// Host identity, or not on the passthrough list: 404.
     Denied(&'static str),
-    /// Not an IMDS API path at all.
-    NotFound,
 }
 
 /// Prefixes (lowercased segments after the version) that hold the host's
@@ -346,31 +353,31 @@ pub fn classify<'a>(path: &'a CanonicalPath<'_>, passthrough: &[String]) -> Rout
         return Route::Token { version };
     }
     if is(&["meta-data", "iam"]) {
-        return Route::IamIndex;
+        return Route::Container(ContainerRoute::IamIndex);
     }
     if is(&["meta-data", "iam", "info"]) {
-        return Route::IamInfo;
+        return Route::Container(ContainerRoute::IamInfo);
     }
     if is(&CREDENTIALS) {
-        return Route::RoleListing(Flavor::Legacy);
+        return Route::Container(ContainerRoute::RoleListing(Flavor::Legacy));
     }
     if is(&EXTENDED) {
-        return Route::RoleListing(Flavor::Extended);
+        return Route::Container(ContainerRoute::RoleListing(Flavor::Extended));
     }
     // The role name keeps its case: it must match the role exactly.
     if let [_, _, _, name] = rest {
         if starts_with_lower(rest, &CREDENTIALS) {
-            return Route::RoleCredentials(Flavor::Legacy, name);
+            return Route::Container(ContainerRoute::RoleCredentials(Flavor::Legacy, name));
         }
         if starts_with_lower(rest, &EXTENDED) {
-            return Route::RoleCredentials(Flavor::Extended, name);
+            return Route::Container(ContainerRoute::RoleCredentials(Flavor::Extended, name));
         }
     }
     if IDENTITY
         .iter()
         .any(|prefix| starts_with_lower(rest, prefix))
     {
-        return Route::Denied("host identity route");
+        return Route::Container(ContainerRoute::Denied("host identity route"));
     }
     // Case-sensitive, like the passthrough list: `Meta-Data` is not forwarded.
     let directory_index = match rest {
@@ -383,9 +390,9 @@ pub fn classify<'a>(path: &'a CanonicalPath<'_>, passthrough: &[String]) -> Rout
             .iter()
             .any(|prefix| starts_with_exactly(rest, prefix));
     if allowed {
-        Route::Passthrough(path.to_uri_path())
+        Route::Container(ContainerRoute::Passthrough(path.to_uri_path()))
     } else {
-        Route::Denied("not on the passthrough list")
+        Route::Container(ContainerRoute::Denied("not on the passthrough list"))
     }
 }
 
@@ -413,15 +420,19 @@ mod tests {
             "/latest;v=1/meta-data/iam/security-credentials;x",
             "/latest/Meta-Data/IAM/Security-Credentials/",
         ] {
-            assert_eq!(route(raw), Route::RoleListing(Legacy), "{raw}");
+            assert_eq!(
+                route(raw),
+                Route::Container(ContainerRoute::RoleListing(Legacy)),
+                "{raw}"
+            );
         }
         assert_eq!(
             route("/latest/meta-data/iam/security-credentials/Web/"),
-            Route::RoleCredentials(Legacy, "Web")
+            Route::Container(ContainerRoute::RoleCredentials(Legacy, "Web"))
         );
         assert_eq!(
             route("/latest/meta-data/iam/security-credentials-extended/Web"),
-            Route::RoleCredentials(Extended, "Web")
+            Route::Container(ContainerRoute::RoleCredentials(Extended, "Web"))
         );
     }
 
@@ -437,7 +448,7 @@ mod tests {
             "/latest/dynamic/instance-identity/Signature",
         ] {
             assert!(
-                matches!(route(raw), Route::Denied(_)),
+                matches!(route(raw), Route::Container(ContainerRoute::Denied(_))),
                 "{raw}: {:?}",
                 route(raw)
             );
@@ -448,7 +459,9 @@ mod tests {
     fn passthrough_is_an_allowlist() {
         assert_eq!(
             route("/latest/meta-data/instance-id"),
-            Route::Passthrough("/latest/meta-data/instance-id".into())
+            Route::Container(ContainerRoute::Passthrough(
+                "/latest/meta-data/instance-id".into()
+            ))
         );
         assert_eq!(
             route(
@@ -457,28 +470,36 @@ mod tests {
                     .next()
                     .unwrap()
             ),
-            Route::Passthrough("/latest/meta-data/placement/region".into())
+            Route::Container(ContainerRoute::Passthrough(
+                "/latest/meta-data/placement/region".into()
+            ))
         );
         assert_eq!(
             route("/latest/meta-data/"),
-            Route::Passthrough("/latest/meta-data/".into())
+            Route::Container(ContainerRoute::Passthrough("/latest/meta-data/".into()))
         );
         assert!(
-            matches!(route("/latest/user-data"), Route::Denied(_)),
+            matches!(
+                route("/latest/user-data"),
+                Route::Container(ContainerRoute::Denied(_))
+            ),
             "user-data is off by default"
         );
         assert!(matches!(
             route("/latest/meta-data/Instance-Id"),
-            Route::Denied(_)
+            Route::Container(ContainerRoute::Denied(_))
         ));
         // Found by the property test: the listings were matched
         // case-insensitively and forwarded in the caller's case.
         for raw in ["/latest/Meta-Data", "/latest/META-DATA/", "/latest/Dynamic"] {
-            assert!(matches!(route(raw), Route::Denied(_)), "{raw}");
+            assert!(
+                matches!(route(raw), Route::Container(ContainerRoute::Denied(_))),
+                "{raw}"
+            );
         }
         assert_eq!(
             route("/latest/dynamic"),
-            Route::Passthrough("/latest/dynamic".into())
+            Route::Container(ContainerRoute::Passthrough("/latest/dynamic".into()))
         );
         assert_eq!(route("/"), Route::NotFound);
         assert_eq!(route("/v1/meta-data/instance-id"), Route::NotFound);

@@ -8,7 +8,9 @@
 //! the test crate (`support_is_shared_with_the_fuzz_target` in
 //! tests/security.rs holds both).
 
-use ec2metaproxy::imds::path::{canonicalize, classify, names_identity, CanonicalPath, Route};
+use ec2metaproxy::imds::path::{
+    canonicalize, classify, names_identity, CanonicalPath, ContainerRoute, Route,
+};
 
 /// Routes, after the API version and lowercased, that hold the host's
 /// identity or secrets (user-data included: it is off by default).
@@ -89,7 +91,7 @@ pub fn check_path(raw: &str, passthrough: &[String]) -> Result<(), String> {
             "classification survives re-encoding: {raw:?}: {reclassified:?} != {route:?}"
         ));
     }
-    let Route::Passthrough(forwarded) = &route else {
+    let Route::Container(ContainerRoute::Passthrough(forwarded)) = &route else {
         return Ok(());
     };
     let passes = |why: &str| Err(format!("{raw:?} passes through as {forwarded:?}{why}"));
