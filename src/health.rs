@@ -86,11 +86,14 @@ fn answer(readiness: &dyn Readiness, request: &http::request::Parts) -> Response
                 format!("not ready: {why}\n"),
             ),
         },
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics().render(),
-        ),
+        "/metrics" => match metrics().render() {
+            Ok(text) => (StatusCode::OK, "text/plain; version=0.0.4", text),
+            Err(error) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("cannot render the metrics: {error}\n"),
+            ),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -8,8 +8,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the proxy exports.
@@ -116,7 +116,8 @@ impl Metrics {
                         latency: self.latency.with_label_values(&[route]),
                         requests: Vec::new(),
                     });
-                    children.last_mut().expect("just pushed")
+                    let last = children.len() - 1;
+                    &mut children[last]
                 }
             };
             entry.latency.observe(seconds);
@@ -150,12 +151,8 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("encoding to a Vec cannot fail");
-        String::from_utf8(out).expect("the text format is UTF-8")
+    pub fn render(&self) -> prometheus::Result<String> {
+        TextEncoder::new().encode_to_string(&self.registry.gather())
     }
 }
 

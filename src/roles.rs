@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use crate::container::{session_name, Container, POLICY_LABEL, ROLE_ALIAS_LABEL};
@@ -347,7 +347,12 @@ impl IamRoleLookup {
 #[async_trait::async_trait]
 impl RoleLookup for IamRoleLookup {
     async fn role_arn(&self, name: &str) -> Result<RoleArn, String> {
-        if let Some(arn) = self.known.lock().unwrap().get(name) {
+        if let Some(arn) = self
+            .known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
             return Ok(arn.clone());
         }
         use aws_sdk_iam::error::ProvideErrorMetadata;
@@ -375,7 +380,7 @@ impl RoleLookup for IamRoleLookup {
         let arn = RoleArn::parse(&arn)?;
         self.known
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_string(), arn.clone());
         Ok(arn)
     }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -244,7 +244,7 @@ impl PerIp {
     }
 
     fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
-        let mut open = self.open.lock().unwrap();
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let (count, logged) = open.entry(ip).or_insert((0, false));
         if *count >= self.max {
             if !*logged {
@@ -266,7 +266,11 @@ impl PerIp {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut open = self.per_ip.open.lock().unwrap();
+        let mut open = self
+            .per_ip
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some((count, logged)) = open.get_mut(&self.ip) {
             *count -= 1;
             *logged = false;
@@ -329,10 +333,9 @@ impl Request<'_> {
         if self.id.is_empty() {
             return;
         }
-        response.headers_mut().insert(
-            REQUEST_ID_NAME,
-            HeaderValue::from_str(self.id).expect("a UUID is a header value"),
-        );
+        if let Ok(id) = HeaderValue::from_str(self.id) {
+            response.headers_mut().insert(REQUEST_ID_NAME, id);
+        }
         let elapsed = self.started.elapsed();
         let status = response.status().as_u16();
         ResponseLine {

@@ -3,17 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ::time::format_description::FormatItem;
-use ::time::macros::format_description;
 use ::time::OffsetDateTime;
-
-/// `2026-11-22T20:00:00Z`: aws-config rejects `+00:00`.
-const TIMESTAMP: &[FormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-
-/// Log timestamps, with milliseconds.
-const TIMESTAMP_MILLIS: &[FormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
 /// Whole seconds since the Unix epoch (0 before it).
 pub fn unix_secs(t: SystemTime) -> u64 {
@@ -22,16 +12,28 @@ pub fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn timestamp_millis(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(TIMESTAMP_MILLIS)
-        .expect("a SystemTime formats")
+/// `2026-11-22T20:00:00Z`: aws-config rejects `+00:00`, boto 2 fractional
+/// seconds. Written from the date's parts, which cannot fail, rather than a
+/// format description, whose formatting returns a `Result`.
+pub fn timestamp(t: SystemTime) -> String {
+    let t = OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
-pub fn timestamp(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(TIMESTAMP)
-        .expect("a SystemTime formats")
+/// Log timestamps, with milliseconds.
+pub fn timestamp_millis(t: SystemTime) -> String {
+    let millis = OffsetDateTime::from(t).millisecond();
+    let mut text = timestamp(t);
+    text.insert_str(text.len() - 1, &format!(".{millis:03}"));
+    text
 }
 
 #[cfg(test)]
@@ -43,5 +45,8 @@ mod tests {
     fn timestamps_end_in_z() {
         let t = UNIX_EPOCH + Duration::from_secs(1_795_377_600);
         assert_eq!(timestamp(t), "2026-11-22T20:00:00Z");
+        let later = t + Duration::from_millis(3_007);
+        assert_eq!(timestamp_millis(later), "2026-11-22T20:00:03.007Z");
+        assert_eq!(timestamp_millis(t), "2026-11-22T20:00:00.000Z");
     }
 }

@@ -10,7 +10,7 @@ pub mod sts;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -172,7 +172,7 @@ impl CredentialCache {
         let any_cached = self
             .slots
             .read()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .any(|slot| slot.current.load().is_some());
         if self.sts_unreachable.load(Ordering::Relaxed) && !any_cached {
@@ -195,7 +195,12 @@ impl CredentialCache {
     }
 
     fn slot(&self, request: &RoleRequest) -> Arc<Slot> {
-        if let Some(slot) = self.slots.read().unwrap().get(request) {
+        if let Some(slot) = self
+            .slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(request)
+        {
             return slot.clone();
         }
         let spread = self
@@ -206,7 +211,7 @@ impl CredentialCache {
         let jitter = spread.mul_f64(rand::random::<f64>());
         self.slots
             .write()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .entry(request.clone())
             .or_insert_with(|| {
                 Arc::new(Slot {
@@ -341,7 +346,7 @@ impl CredentialCache {
     pub async fn refresh_due(&self, now: SystemTime) -> usize {
         let idle_before = unix_secs(now).saturating_sub(IDLE_DROP.as_secs());
         let due: Vec<(RoleRequest, Arc<Slot>)> = {
-            let mut slots = self.slots.write().unwrap();
+            let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
             retain_slots(&mut slots, |_, slot| {
                 slot.last_used.load(Ordering::Relaxed) >= idle_before
             });
@@ -386,14 +391,18 @@ impl CredentialCache {
     /// Drops every key of a session (a container that is gone), so its
     /// credentials are never served again and never refreshed.
     pub fn forget_session(&self, session_name: &str) {
-        retain_slots(&mut self.slots.write().unwrap(), |request, _| {
-            &*request.session_name != session_name
-        });
+        retain_slots(
+            &mut self.slots.write().unwrap_or_else(PoisonError::into_inner),
+            |request, _| &*request.session_name != session_name,
+        );
     }
 
     /// Number of keys cached.
     pub fn len(&self) -> usize {
-        self.slots.read().unwrap().len()
+        self.slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {

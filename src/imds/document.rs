@@ -47,7 +47,7 @@ pub fn status_page(status: StatusCode) -> Response<Full<Bytes>> {
 }
 
 fn json_string(s: &str) -> String {
-    serde_json::to_string(s).expect("a str serialises")
+    serde_json::Value::from(s).to_string()
 }
 
 /// The credentials document, with `AccountId` on the extended route,

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -34,7 +35,12 @@ const KEY_FILE: &str = "token.key";
 
 /// The key tokens are signed with. Never printed.
 #[derive(Clone)]
-pub struct TokenKey([u8; KEY_LEN]);
+pub struct TokenKey {
+    key: [u8; KEY_LEN],
+    /// HMAC keyed with `key`, with the domain prefix already fed in: each
+    /// token clones it instead of hashing the key again.
+    keyed: Hmac<Sha256>,
+}
 
 impl fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -72,7 +78,7 @@ pub enum TokenKeyError {
 
 impl TokenKey {
     pub fn random() -> TokenKey {
-        TokenKey(rand::random())
+        TokenKey::from_bytes(rand::random())
     }
 
     /// Loads `dir/token.key`, or creates it (mode 0600) with a new random key.
@@ -96,7 +102,7 @@ impl TokenKey {
                             path: path.clone(),
                             len: bytes.len(),
                         })?;
-                Ok(TokenKey(key))
+                Ok(TokenKey::from_bytes(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !dir.exists() {
@@ -120,7 +126,7 @@ impl TokenKey {
                     .mode(0o600)
                     .open(&path)
                     .map_err(write_error)?;
-                file.write_all(&key.0).map_err(write_error)?;
+                file.write_all(&key.key).map_err(write_error)?;
                 file.sync_all().map_err(write_error)?;
                 Ok(key)
             }
@@ -128,9 +134,19 @@ impl TokenKey {
         }
     }
 
+    fn from_bytes(key: [u8; KEY_LEN]) -> TokenKey {
+        // HMAC pads a key shorter than SHA-256's 64-byte block with zeros
+        // (RFC 2104), so this is the HMAC of `key`, made without the
+        // fallible slice constructor.
+        let mut block = [0u8; 64];
+        block[..KEY_LEN].copy_from_slice(&key);
+        let mut keyed = <Hmac<Sha256> as KeyInit>::new(&block.into());
+        keyed.update(b"ec2metaproxy token v2\0");
+        TokenKey { key, keyed }
+    }
+
     fn mac(&self, holder: Holder<'_>, expires: u64) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
-        mac.update(b"ec2metaproxy token v2\0");
+        let mut mac = self.keyed.clone();
         let ip = match holder.ip {
             IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             IpAddr::V6(v6) => v6.octets(),
@@ -165,7 +181,9 @@ impl TokenKey {
         if raw.len() != RAW_LEN || raw[0] != VERSION {
             return false;
         }
-        let expires = u64::from_be_bytes(raw[1..9].try_into().expect("8 bytes"));
+        let Ok(expires) = raw[1..9].try_into().map(u64::from_be_bytes) else {
+            return false;
+        };
         if expires <= now {
             return false;
         }
@@ -223,6 +241,33 @@ mod tests {
             ip: s.parse().unwrap(),
             container,
         }
+    }
+
+    /// Tokens survive an upgrade: the key is padded as RFC 2104 (and the
+    /// hmac crate's slice constructor, which made the earlier tokens) pads it.
+    #[test]
+    fn the_keyed_mac_is_the_hmac_of_the_key() {
+        let key = [7u8; KEY_LEN];
+        let holder = Holder::new("172.17.0.2".parse().unwrap(), Some("abc"));
+        let mut reference = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
+        reference.update(b"ec2metaproxy token v2\0");
+        reference.update(
+            &"172.17.0.2"
+                .parse::<std::net::Ipv4Addr>()
+                .unwrap()
+                .to_ipv6_mapped()
+                .octets(),
+        );
+        reference.update(&3u64.to_be_bytes());
+        reference.update(b"abc");
+        reference.update(&42u64.to_be_bytes());
+        assert_eq!(
+            TokenKey::from_bytes(key)
+                .mac(holder, 42)
+                .finalize()
+                .into_bytes(),
+            reference.finalize().into_bytes()
+        );
     }
 
     #[test]
@@ -313,7 +358,7 @@ mod tests {
     #[test]
     fn debug_does_not_print_the_key() {
         assert_eq!(
-            format!("{:?}", TokenKey([7; KEY_LEN])),
+            format!("{:?}", TokenKey::from_bytes([7; KEY_LEN])),
             "TokenKey(** redacted **)"
         );
     }

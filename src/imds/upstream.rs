@@ -108,7 +108,7 @@ impl Upstream {
                 .into_body()
                 .collect()
                 .await
-                .expect("infallible")
+                .unwrap_or_else(|never| match never {})
                 .to_bytes();
             let token =
                 String::from_utf8(body.to_vec()).map_err(|_| self.error("token is not text"))?;

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -140,7 +140,7 @@ impl ContainerIndex {
         let refresh = self.refresh.as_ref()?;
         let now = Instant::now();
         {
-            let unknown = self.unknown.lock().unwrap();
+            let unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
             if unknown
                 .get(&ip)
                 .is_some_and(|at| now.duration_since(*at) < NEGATIVE_TTL)
@@ -162,7 +162,7 @@ impl ContainerIndex {
         // (`network connect`): keep waiting for the event until the deadline.
         let found = self.wait_for_owner(ip, deadline).await;
         if found.is_none() {
-            let mut unknown = self.unknown.lock().unwrap();
+            let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
             unknown.retain(|_, at| now.duration_since(*at) < NEGATIVE_TTL);
             unknown.insert(ip, now);
         }
@@ -279,7 +279,10 @@ impl ContainerIndex {
         crate::metrics::metrics().containers.set(by_ip.len() as i64);
         self.by_ip.store(Arc::new(by_ip));
         self.generation.fetch_add(1, Ordering::Release);
-        self.unknown.lock().unwrap().clear();
+        self.unknown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         self.changed.notify_waiters();
     }
 }
