@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from conftest import DEFAULT_ALIAS, E2E
-from harness import ACCOUNT, CREDS_EXT_PATH, CREDS_PATH, TOKEN_HEADER, TTL_HEADER, assumed_role
+from harness import ACCOUNT, CREDS_EXT_PATH, CREDS_PATH, assumed_role
 
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
@@ -107,42 +106,3 @@ def test_session_policy_label_still_yields_credentials(e2e, make_container):
     assert_role(e2e, e2e.run.aws_cli(c), "b", c)
     assert_role(e2e, e2e.run.rust_client(c), "b", c)
 
-
-def test_credentials_documents_have_the_shape_sdks_require(e2e, make_container):
-    """Raw IMDS: the listing is the bare role name (no newline: aws-config uses it
-    verbatim as a URL segment), the document has Code=Success, Type=AWS-HMAC,
-    Z-suffixed timestamps and comfortably more than botocore's ~25 min refresh
-    window left, and the -extended route (Go v2, Java, Ruby) carries AccountId."""
-    c = make_container("shape", alias="a")
-    run = e2e.run
-    role = e2e.role_of["a"]
-    tok = run.request(c, "PUT", "/latest/api/token", {TTL_HEADER: "300"})
-    assert tok.status == 200, e2e.ctx(tok)
-    h = {TOKEN_HEADER: tok.body}
-    listing, listing_noslash, doc, doc_slash, ext_listing, ext_doc, other = run.http(c, [
-        dict(method="GET", path=CREDS_PATH, headers=h),
-        dict(method="GET", path=CREDS_PATH.rstrip("/"), headers=h),
-        dict(method="GET", path=CREDS_PATH + role, headers=h),
-        dict(method="GET", path=CREDS_PATH + role + "/", headers=h),
-        dict(method="GET", path=CREDS_EXT_PATH, headers=h),
-        dict(method="GET", path=CREDS_EXT_PATH + role, headers=h),
-        dict(method="GET", path=CREDS_PATH + e2e.role_of["b"], headers=h),
-    ])
-    for r in (listing, listing_noslash):
-        assert r.status == 200 and r.body == role, e2e.ctx(r)
-        assert (r.header("Content-Type") or "").startswith("text/plain"), e2e.ctx(r)
-    assert ext_listing.status == 200 and ext_listing.body == role, e2e.ctx(ext_listing)
-    for r in (doc, doc_slash, ext_doc):
-        assert r.status == 200, e2e.ctx(r)
-        d = r.json()
-        assert d["Code"] == "Success", e2e.ctx(r)
-        assert d["Type"] == "AWS-HMAC", e2e.ctx(r)
-        for k in ("AccessKeyId", "SecretAccessKey", "Token"):
-            assert isinstance(d.get(k), str) and d[k], f"{k} missing" + e2e.ctx(r)
-        for k in ("LastUpdated", "Expiration"):
-            assert TIMESTAMP_RE.match(d.get(k, "")), f"{k}={d.get(k)!r}" + e2e.ctx(r)
-        left = time.mktime(time.strptime(d["Expiration"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(
-            time.gmtime())
-        assert left > 25 * 60, f"only {left:.0f}s of validity left" + e2e.ctx(r)
-    assert ext_doc.json().get("AccountId") == ACCOUNT, e2e.ctx(ext_doc)
-    assert other.status == 404, "another role's name must 404" + e2e.ctx(other)

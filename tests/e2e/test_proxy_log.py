@@ -67,3 +67,21 @@ def test_every_request_log_line_has_a_matching_response_line(e2e, make_container
         if re.search(r"response id=", line):
             for key in ("status=", "ms="):
                 assert key in line, f"response line without {key}: {line}"
+
+
+def test_every_response_carries_a_request_id_that_is_logged(e2e, make_container):
+    """X-Request-Id ties a client's response to the proxy's log lines."""
+    c = make_container("reqid", alias="a")
+    rs = e2e.run.http(c, [
+        dict(method="GET", path=CREDS_PATH),
+        dict(method="PUT", path="/latest/api/token", headers={TTL_HEADER: "60"}),
+        dict(method="GET", path="/latest/meta-data/instance-id"),
+        dict(method="GET", path="/latest/meta-data/identity-credentials/ec2/info"),
+    ])
+    for r in rs:
+        rid = r.header("X-Request-Id")
+        assert rid, "no X-Request-Id header" + e2e.ctx(r)
+        assert e2e.proxy.wait_log(f"request id={rid}"), f"no 'request id={rid}' log line" + e2e.ctx(r)
+        assert e2e.proxy.wait_log(f"response id={rid}"), (
+            f"no 'response id={rid}' log line" + e2e.ctx(r))
+

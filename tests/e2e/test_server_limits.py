@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import select
 import time
 
@@ -49,23 +48,3 @@ def test_oversized_request_head_is_431_and_a_normal_one_is_served(e2e, make_cont
     assert ok.status == 200 and ok.body == e2e.role_of["a"], e2e.ctx(ok)
     assert big.status == 431, e2e.ctx(big)
 
-
-def test_http10_without_host_keepalive_and_pipelining_work(e2e, make_container):
-    """Minimal clients (HTTP/1.0, no Host) are served; HTTP/1.1 keep-alive with
-    pipelined requests gets every answer, in order, on one connection."""
-    c = make_container("http1", alias="b")
-    role = e2e.role_of["b"]
-    p = e2e.proxy
-    h10, piped = e2e.run.http(c, [
-        dict(raw=f"GET {CREDS_PATH} HTTP/1.0\r\n\r\n", host=p.ip, port=p.port),
-        dict(raw=(f"GET {CREDS_PATH} HTTP/1.1\r\nHost: x\r\n\r\n"
-                  f"GET {CREDS_PATH}{role} HTTP/1.1\r\nHost: x\r\n\r\n"
-                  f"GET {CREDS_PATH} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-             host=p.ip, port=p.port),
-    ])
-    assert h10.status == 200 and h10.body.endswith("\r\n\r\n" + role), e2e.ctx(h10)
-    assert h10.error is None, "HTTP/1.0 response must end by closing" + e2e.ctx(h10)
-    statuses = re.findall(r"HTTP/1\.[01] (\d{3})", piped.body)
-    assert statuses == ["200"] * 3, e2e.ctx(piped)
-    assert len(re.findall(r'"Code"\s*:\s*"Success"', piped.body)) == 1, e2e.ctx(piped)
-    assert piped.error is None, "Connection: close must close" + e2e.ctx(piped)
