@@ -394,11 +394,16 @@ mod tests {
         .with_process(Process::Watched(Arc::new(watch)))
     }
 
-    fn connected() -> (TcpListener, TcpStream, TcpStream) {
+    /// A loopback connection, and the caller its server side sees.
+    fn connected() -> (Caller, TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        (listener, client, server)
+        let caller = Caller::new(
+            client.local_addr().unwrap(),
+            vec![listener.local_addr().unwrap()],
+        );
+        (caller, client, server)
     }
 
     /// Entering a network namespace needs CAP_SYS_ADMIN, as CI (root) has.
@@ -409,11 +414,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_found_in_the_containers_namespace_is_served_as_the_container() {
         let broker = broker(this_process_as_a_container("127.0.0.1"), true);
-        let (listener, client, _server) = connected();
-        let caller = Caller::new(
-            client.local_addr().unwrap(),
-            vec![listener.local_addr().unwrap()],
-        );
+        let (caller, _client, _server) = connected();
         let identified = broker.identify(&caller).await;
         if can_prove() {
             assert_eq!(identified.unwrap().unwrap().name, "web");
@@ -428,14 +429,11 @@ mod tests {
     async fn a_connection_not_in_the_containers_namespace_is_refused_whatever_the_setting() {
         // What a neighbour wearing the address looks like: the address is
         // the container's, but no socket of the container has this port.
-        let (listener, client, _server) = connected();
-        let worn = SocketAddr::new(
-            client.local_addr().unwrap().ip(),
-            client.local_addr().unwrap().port().wrapping_add(1).max(1),
-        );
+        let (real, _client, _server) = connected();
+        let worn = SocketAddr::new(real.ip, real.peer.port().wrapping_add(1).max(1));
         for require in [true, false] {
             let broker = broker(this_process_as_a_container("127.0.0.1"), require);
-            let caller = Caller::new(worn, vec![listener.local_addr().unwrap()]);
+            let caller = Caller::new(worn, real.dialled.clone());
             let identified = broker.identify(&caller).await;
             if can_prove() {
                 assert_eq!(identified.unwrap_err(), Refusal::NotProven("web".into()));
@@ -448,11 +446,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_keeps_its_proof_for_its_life() {
         let broker = broker(this_process_as_a_container("127.0.0.1"), true);
-        let (listener, client, server) = connected();
-        let caller = Caller::new(
-            client.local_addr().unwrap(),
-            vec![listener.local_addr().unwrap()],
-        );
+        let (caller, client, server) = connected();
         let first = broker.identify(&caller).await;
         // Asked again, the namespace would no longer have the connection:
         // the second answer comes from what the first request found.

@@ -170,6 +170,13 @@ mod tests {
         }
     }
 
+    /// The socket table of this test process's own namespace, or `None`
+    /// (after checking why) when it cannot be opened.
+    fn own_table() -> Option<SocketTable> {
+        let own = pidfd_open(getpid(), PidfdFlags::empty()).unwrap();
+        open_or_explain(own.as_fd())
+    }
+
     fn connected_pair() -> (TcpListener, TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -179,8 +186,7 @@ mod tests {
 
     #[test]
     fn a_connection_is_found_in_its_own_namespace_by_its_exact_addresses() {
-        let own = pidfd_open(getpid(), PidfdFlags::empty()).unwrap();
-        let Some(table) = open_or_explain(own.as_fd()) else {
+        let Some(table) = own_table() else {
             return;
         };
         let (listener, client, _server) = connected_pair();
@@ -204,8 +210,7 @@ mod tests {
 
     #[test]
     fn a_closed_connection_is_no_longer_found() {
-        let own = pidfd_open(getpid(), PidfdFlags::empty()).unwrap();
-        let Some(table) = open_or_explain(own.as_fd()) else {
+        let Some(table) = own_table() else {
             return;
         };
         let (_listener, client, server) = connected_pair();
@@ -226,8 +231,7 @@ mod tests {
     fn a_connection_of_this_namespace_is_not_found_in_another() {
         if !rustix::process::geteuid().is_root() {
             // No namespace of our own can be made either: the EPERM is the rule.
-            let own = pidfd_open(getpid(), PidfdFlags::empty()).unwrap();
-            assert!(open_or_explain(own.as_fd()).is_none());
+            assert!(own_table().is_none());
             return;
         }
         // A process in a network namespace of its own, as a container's init is.
