@@ -7,7 +7,7 @@
 //!
 //! Each line is rendered into a buffer the logging thread keeps, then
 //! appended to one shared pending buffer. A writer thread takes the whole
-//! pending buffer every couple of milliseconds and writes it to stderr in
+//! pending buffer every 8 ms ([`GATHER`]) and writes it to stderr in
 //! one call. While there is work, the writer is awake (sleeping on a timer
 //! between batches), so loggers never wake it: only the first line after an
 //! idle spell does. Two lines per request with a wake-up per line cost more
@@ -214,7 +214,7 @@ const PENDING_BYTES: usize = 256 * 1024;
 /// How long the writer lets lines gather before it takes them. Each time it
 /// wakes, it preempts a runtime worker that shares its core: at 2 ms, that
 /// cost the default level about 0.5 µs of CPU per request at 50,000
-/// requests/s on one core (bench/NOTES.md, seventh pass).
+/// requests/s on one core.
 const GATHER: Duration = Duration::from_millis(8);
 /// Pending bytes at which loggers cut the gathering short, so that it never
 /// holds them at the bound: about 5 ms of request lines at 80,000

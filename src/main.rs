@@ -1,4 +1,5 @@
-//! The command line: arguments, logging, signals and wiring. Nothing else.
+//! The command line: arguments, logging, signals, and the wiring of the
+//! parts; what a request does lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -134,7 +134,7 @@ impl Default for Limits {
             max_connections: 4096,
             max_connections_per_ip: 64,
             header_read_timeout: Duration::from_secs(5),
-            // hyper's minimum; IMDS requests are a few hundred bytes.
+            // IMDS requests are a few hundred bytes; hyper's own floor is 8 KiB.
             max_head_bytes: Some(16 * 1024),
             drain: Duration::from_secs(10),
             log_requests: true,

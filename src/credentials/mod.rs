@@ -38,7 +38,7 @@ pub struct Timing {
     /// The background task refreshes credentials with less than this left.
     pub refresh_ahead: Duration,
     /// A request never gets credentials with less than this left while STS
-    /// answers. botocore treats under ~15 minutes as stale and Java prefetches
+    /// answers. botocore treats under ~25 minutes as stale and Java prefetches
     /// at half the lifetime, so keep at least 30 minutes for a 1 h session.
     pub min_left: Duration,
 }

@@ -52,9 +52,9 @@ const HEAP_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 /// resync, a wave of prefetches, a spike of connections) for reuse, and
 /// gives back only what sits at the top of the main heap. `malloc_trim`
 /// returns every whole free page: 2.3-3.5 MiB of about 20 MiB of RSS after
-/// a bench load at N=1000 (docs/performance.md). Its cost is one walk of
+/// a bench load at N=1000. Its cost is one walk of
 /// the two arenas' free chunks every 10 s, on a runtime worker: 0.06-0.33
-/// ms under load at N=1000 (bench/NOTES.md, eighth pass), short enough not
+/// ms under load at N=1000, short enough not
 /// to need a thread of its own.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn spawn_heap_trimmer() {
