@@ -17,9 +17,10 @@ release: build
 # clients), then the packaging (firewall script, systemd unit, the image).
 test: unit e2e packaging
 
-# The examples' own tests too: the open-loop load generator is the p99
-# target's measure (an [[example]] test = true in Cargo.toml would break the
-# image's dependency stage, which builds against a stub tree).
+# The benchmark programs' own tests too (bench/*.rs, built as examples): the
+# open-loop load generator is the p99 target's measure (an [[example]]
+# test = true in Cargo.toml would break the image's dependency stage, which
+# builds against a stub tree).
 unit:
 	$(CARGO) test --locked
 	$(CARGO) test --locked --examples

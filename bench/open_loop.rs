@@ -6,7 +6,7 @@
 //!
 //! Why not only oha: on two cores oha gets one, and at half the baseline's
 //! throughput (about 48,000 req/s here) it uses most of it, so requests
-//! queue inside oha and its corrected p99 measures oha (docs/performance.md).
+//! queue inside oha and its corrected p99 measures oha (bench/NOTES.md).
 //! This loop is one thread on one epoll set with no per-request allocation;
 //! it spins instead of sleeping when the next request is under 2 ms away, so
 //! a request goes out within microseconds of its due time. It reports how

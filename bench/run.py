@@ -14,7 +14,8 @@ bench_open_loop.rs on one core with the servers on the other, both pinned
 after start and, the target's measure, started there), peak RSS, time from
 process start to first served request, first-request latency of a container
 started during the run, and AssumeRole calls counted by bench/sts_counter.py
-in front of moto. Prints a table and writes docs/performance.md.
+in front of moto. Prints a table and writes the full report to
+target/bench/report.md (docs/performance.md is the summary of it).
 
 It never fails because a machine is slow: it exits non-zero only when
 something could not be run at all.
@@ -330,7 +331,7 @@ def run_oha(args, port, ips, seconds, connections, rate, cpus=None):
 
 
 def run_open_loop(args, port, ips, seconds, connections, rate, cpus):
-    """Open-loop load at `rate` req/s from examples/bench_open_loop.rs on
+    """Open-loop load at `rate` req/s from bench/open_loop.rs on
     `cpus`: latency counted from each request's due time, send lag reported."""
     argv = [args.open_loop, "127.0.0.1:%d" % port, PATH, str(int(rate)), str(seconds), str(connections)]
     out = subprocess.run(argv, env=shim_env(args, port, ips), capture_output=True, text=True, timeout=seconds + 60,
@@ -354,7 +355,7 @@ STALL_SECONDS = 8
 
 
 def machine_stalls(args, servers_cpus, load_cpus):
-    """What the machine takes from a busy core: examples/bench_stalls.rs on
+    """What the machine takes from a busy core: bench/stalls.rs on
     each of the servers' CPUs, first alone, then with one on each load CPU
     too, as in the open-loop rounds (where the generator spins). Keyed by
     phase, then CPU."""
@@ -743,7 +744,7 @@ def bench_n(args, tmp, n, sock, counter_port, load_ips, r):
                 # oha needs most of a core at this rate and its own queue
                 # then dominates its corrected p99, so a lean open-loop
                 # generator takes the load generator's core
-                # (docs/performance.md), in interleaved rounds.
+                # (bench/NOTES.md), in interleaved rounds.
                 runs = open_loop_rounds(args, servers, order, load_ips, half, load_cpus) if args.open_loop else {}
                 for k in runs:
                     x = r[k]["rated_open_repinned"] = median_by_p99(runs[k])
@@ -973,7 +974,7 @@ def report(args, results, wall, started_at):
         "(127.10.x.y, LD_PRELOAD shim `bench/srcbind.c`); (a) with both log levels and (b) run side by side "
         "and are loaded in %d interleaved rounds of %d s (b, a, a-warn, b, ...); the table shows the median "
         "round, and CPU per request over all rounds; the throughput ratio is the median of each round's own "
-        "ratio. (c) gets one run of %d s. Open-loop: `%s`, %d s per server, and `examples/bench_open_loop.rs` "
+        "ratio. (c) gets one run of %d s. Open-loop: `%s`, %d s per server, and `bench/open_loop.rs` "
         "(pinned, below)."
         % (args.seconds, args.rounds, args.connections, args.addresses, ",".join(map(str, args.ns)),
            tool_version([args.wrk, "-v"]), args.threads, args.connections, args.rounds, args.seconds,
@@ -1028,7 +1029,7 @@ def report(args, results, wall, started_at):
                 continue
             first = next((r.get(k) or {}).get(which) for k in ("b", "a", "a_warn") if (r.get(k) or {}).get(which))
             out("Open loop at %s req/s (half of (b)'s throughput, pinned: %s, one server at a time), "
-                "`examples/bench_open_loop.rs`, %d connections, %d interleaved rounds of %d s, the median "
+                "`bench/open_loop.rs`, %d connections, %d interleaved rounds of %d s, the median "
                 "round by p99; latency from each request's due time (send lag: due time to the request "
                 "leaving, which a saturated generator would show; the generator's own lag: due time to the "
                 "first pass of its loop that saw the request due, before any wait for a free connection, "
@@ -1055,7 +1056,7 @@ def report(args, results, wall, started_at):
         stalls = r.get("stalls")
         if stalls:
             out("The machine's own stalls, measured just before the rounds on servers started on their CPU: "
-                "`examples/bench_stalls.rs`, a loop that only reads the monotonic clock, pinned, %d s per "
+                "`bench/stalls.rs`, a loop that only reads the monotonic clock, pinned, %d s per "
                 "phase. A gap between two readings is time the core was taken away; a request that arrives "
                 "during a gap longer than 1 ms cannot be answered within 1 ms by any server." % stalls["seconds"])
             out("")
@@ -1169,11 +1170,6 @@ def report(args, results, wall, started_at):
     for name, measured, ok in checks:
         out("| %s | %s | %s |" % (name, measured, "yes" if ok else "**no**"))
     out("")
-    notes = os.path.join(HERE, "NOTES.md")
-    if os.path.exists(notes):
-        with open(notes) as f:
-            out(f.read().rstrip())
-        out("")
     return "\n".join(lines)
 
 
@@ -1189,8 +1185,8 @@ def main():
     parser.add_argument("--shim", required=True)
     parser.add_argument("--wrk", default=shutil.which("wrk"))
     parser.add_argument("--oha", default=shutil.which("oha"))
-    parser.add_argument("--open-loop", help="examples/bench_open_loop.rs, built (the pinned p99 run)")
-    parser.add_argument("--stalls", help="examples/bench_stalls.rs, built (the machine's own stalls)")
+    parser.add_argument("--open-loop", help="bench/open_loop.rs, built (the pinned p99 run)")
+    parser.add_argument("--stalls", help="bench/stalls.rs, built (the machine's own stalls)")
     parser.add_argument("--seconds", type=int, default=4, help="seconds per round of closed-loop load")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rate-seconds", type=int, default=8, help="seconds of each open-loop run")
@@ -1203,7 +1199,7 @@ def main():
     parser.add_argument("--connections", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ns", default="10,1000")
-    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "performance.md"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "target", "bench", "report.md"))
     parser.add_argument("--profile", action="store_true", help="perf record the warn proxy")
     parser.add_argument("--skip-lyft", action="store_true")
     parser.add_argument("--from-results", help="re-render the report from a results.json")

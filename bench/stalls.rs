@@ -3,7 +3,7 @@
 //! between two readings is time the core was taken away (by the kernel, or
 //! by the hypervisor from a virtual CPU). A server on that core cannot
 //! answer within a millisecond a request that arrives during a longer gap,
-//! so these gaps are the floor under the open-loop p99 (docs/performance.md).
+//! so these gaps are the floor under the open-loop p99 (bench/NOTES.md).
 //!
 //! Usage: bench_stalls SECONDS
 //! Prints one JSON object: gaps over 0.5 ms and over 1 ms, the time lost in

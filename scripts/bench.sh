@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Benchmark (issue 4): ec2metaproxy vs a bare hyper server vs lyft's
-# metadataproxy, on a fake Docker Engine and moto, all on loopback.
-# Prints the figures and writes docs/performance.md. Never fails because the
+# Benchmark: ec2metaproxy vs a bare hyper server vs lyft's metadataproxy, on
+# a fake Docker Engine and moto, all on loopback (bench/run.py); then the SDK
+# session with the proof of the caller, on real containers (bench/sdk_session.py).
+# Prints the figures and writes the full report to target/bench/report.md
+# (docs/performance.md summarises it). Never fails because the
 # machine is slow; exits non-zero only when something could not run.
 #
 # Needs: cargo, python3 with venv, gcc, wrk (Debian: apt-get install wrk).
@@ -17,6 +19,7 @@
 #      BENCH_NO_OHA=1        skip installing oha (no fixed-rate p99 then)
 #      BENCH_PROFILE=1       also perf-record the RUST_LOG=warn proxy
 #      BENCH_SKIP_LYFT=1     leave out lyft's metadataproxy
+#      BENCH_SKIP_SESSION=1  leave out the SDK session on real containers
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -81,9 +84,10 @@ if [ -z "$OHA" ] && [ -z "${BENCH_NO_OHA:-}" ]; then
     fi
 fi
 
-echo "==> cargo build --release (proxy, examples/bench_baseline.rs, examples/bench_open_loop.rs, examples/bench_stalls.rs)"
+echo "==> cargo build --release (proxy and the load programs in bench/*.rs)"
 cargo build --release --quiet
-cargo build --release --quiet --example bench_baseline --example bench_open_loop --example bench_stalls
+cargo build --release --quiet --example bench_baseline --example bench_open_loop \
+    --example bench_stalls --example bench_sdk_session
 mkdir -p target/bench
 gcc -O2 -shared -fPIC -o target/bench/libsrcbind.so bench/srcbind.c -ldl
 
@@ -106,5 +110,18 @@ python3 bench/run.py \
     ${BENCH_PROFILE:+--profile} \
     "${LYFT_ARGS[@]}"
 rc=$?
+
+# The SDK session on real containers, with the proof of the caller: the e2e
+# harness (its venv, moto and pause image) builds the containers.
+if [ "$(id -u)" = 0 ] && [ -z "${BENCH_SKIP_SESSION:-}" ]; then
+    echo "==> bench/sdk_session.py (real containers; BENCH_SKIP_SESSION=1 leaves it out)"
+    scripts/e2e.sh --setup-only >/dev/null
+    EC2METAPROXY_BIN=target/release/ec2metaproxy .venv/bin/python bench/sdk_session.py \
+        --load target/release/examples/bench_sdk_session \
+        --baseline target/release/examples/bench_baseline \
+        --rounds "${BENCH_ROUNDS:-5}" || rc=$?
+else
+    echo "bench: the SDK-session run needs root and Docker; left out" >&2
+fi
 echo "==> make bench took $(( $(date +%s) - started )) s (exit $rc)"
 exit $rc
