@@ -17,7 +17,7 @@ containers through their own DNAT of 169.254.169.254:80:
   (b) the bare hyper baseline answering every request with a same-size document,
   (a) the proxy with `requireCallerProof` (the default),
   (n) a second proxy with `requireCallerProof: false`,
-each with examples/bench_sdk_session.rs (THREADS sessions at a time). It prints
+each with bench/sdk_session.rs (THREADS sessions at a time). It prints
 sessions/s, session p50/p99 and the ratios (a)/(b), (n)/(b), (a)/(n), the
 median of the rounds' own ratios. Never a pass/fail: figures only.
 Everything the run creates is removed on exit, failure and Ctrl-C.
@@ -86,6 +86,9 @@ def main() -> int:
         proof = run.start_proxy({"web": arn}, "web", **quiet)
         no_proof = run.start_proxy({"web": arn}, "web", name="noproof",
                                    requireCallerProof=False, **quiet)
+        if not proof.wait_log("found in that container's network namespace", timeout=10):
+            raise RuntimeError("the proxy cannot prove callers here (see its start log): "
+                               "the figures would not include the proof")
         targets = {"a": run.run_container("proof", alias="web", redirect=proof),
                    "n": run.run_container("noproof", alias="web", redirect=no_proof)}
         size = document_size(run, targets["a"], "BenchRole")

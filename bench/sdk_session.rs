@@ -40,7 +40,10 @@ fn exchange(addr: SocketAddr, request: &[u8], buffer: &mut Vec<u8>) -> Option<u1
 }
 
 fn head_end(buffer: &[u8]) -> Option<usize> {
-    buffer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
 }
 
 fn content_length(head: &[u8]) -> Option<usize> {
@@ -89,7 +92,9 @@ fn run(addr: SocketAddr, role: &str, until: Instant) -> Tally {
             )
         };
         let listing = get("/latest/meta-data/iam/security-credentials/");
-        let credentials = get(&format!("/latest/meta-data/iam/security-credentials/{role}"));
+        let credentials = get(&format!(
+            "/latest/meta-data/iam/security-credentials/{role}"
+        ));
         let mut ok = true;
         for request in [&listing, &credentials] {
             match exchange(addr, request.as_bytes(), &mut buffer) {
