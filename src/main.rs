@@ -299,6 +299,14 @@ async fn run(config: Config) -> ExitCode {
     let broker = Arc::new(broker);
     spawn_prefetcher(broker.clone(), changes);
     if let Some((grants, listeners)) = by_token {
+        for grant in grants.grants() {
+            log::info!(
+                "grant {} (alias {}): token in {}",
+                grant.name,
+                grant.alias,
+                grants.path(&grant.name).display()
+            );
+        }
         spawn_grant_refresher(grants.clone());
         let door = Arc::new(ContainerCredentials::new(broker.clone(), grants));
         for listener in listeners {

@@ -98,6 +98,11 @@ impl Grants {
         Ok(grants)
     }
 
+    /// The grants, in the config's order.
+    pub fn grants(&self) -> &[Arc<Grant>] {
+        &self.grants
+    }
+
     /// Where `grant`'s token file is.
     pub fn path(&self, grant: &str) -> PathBuf {
         token_path(&self.dir, grant)
