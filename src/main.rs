@@ -146,7 +146,7 @@ fn rotate_grant(config: &Config, name: &str) -> ExitCode {
         Ok(_) => {
             println!(
                 "grant \"{name}\": new token in {}; the old one is refused within a second",
-                dir.join(format!("{name}.token")).display()
+                dir.join(name).join("token").display()
             );
             ExitCode::SUCCESS
         }

@@ -1,6 +1,6 @@
 //! The grants' tokens: one random token per grant, in a file of its own
-//! under the token directory, which the operator hands to the workload
-//! (a read-only mount, systemd's `LoadCredential=`).
+//! under the token directory (`NAME/token`), which the operator hands to
+//! the workload (a read-only mount of `NAME/`, systemd's `LoadCredential=`).
 //!
 //! The proxy keeps only each token's SHA-256 digest in memory and compares
 //! a presented token's digest with every grant's in constant time, so
@@ -151,8 +151,11 @@ impl Grants {
     }
 }
 
+/// `DIR/NAME/token`: a directory per grant, so that a workload can mount
+/// the grant's directory, which sees a rotation's rename; a bind mount of
+/// the file itself would keep the old file.
 fn token_path(dir: &Path, grant: &str) -> PathBuf {
-    dir.join(format!("{grant}.token"))
+    dir.join(grant).join("token")
 }
 
 fn ensure_dir(dir: &Path) -> Result<(), GrantError> {
@@ -195,10 +198,13 @@ fn load_or_create(dir: &Path, grant: &str) -> Result<String, GrantError> {
 /// (SDKs send the file's bytes verbatim). Returns the token.
 pub fn rotate(dir: &Path, grant: &str) -> Result<String, GrantError> {
     ensure_dir(dir)?;
+    ensure_dir(&dir.join(grant))?;
     let path = token_path(dir, grant);
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(rand::random::<[u8; TOKEN_BYTES]>());
-    let temporary = dir.join(format!(".{grant}.token.{}", std::process::id()));
+    let temporary = dir
+        .join(grant)
+        .join(format!(".token.{}", std::process::id()));
     let write_error = |source| GrantError::Write {
         path: path.clone(),
         source,
@@ -234,8 +240,13 @@ mod tests {
         let grants = Grants::open(&dir.path().join("grants"), web()).unwrap();
         let meta = std::fs::metadata(grants.path("web")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        let dir_mode = std::fs::metadata(dir.path().join("grants")).unwrap().mode() & 0o777;
-        assert_eq!(dir_mode, 0o700);
+        for made in [dir.path().join("grants"), dir.path().join("grants/web")] {
+            assert_eq!(
+                std::fs::metadata(&made).unwrap().mode() & 0o777,
+                0o700,
+                "{made:?}"
+            );
+        }
         let token = std::fs::read_to_string(grants.path("web")).unwrap();
         assert_eq!(token.len(), TOKEN_LEN);
         assert!(!token.ends_with('\n'));

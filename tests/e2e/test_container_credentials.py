@@ -35,7 +35,7 @@ def test_a_host_process_with_a_grant_token_file_gets_the_grants_role(e2e: E2E):
     proxy = run.start_proxy(dict(e2e.arn_of), DEFAULT_ALIAS, name="ccdoor",
                             containerCredentials={"listen": [f"127.0.0.1:{port}"],
                                                   "grants": {GRANT: {"alias": ALIAS}}})
-    token_file = run.tmp / "ccdoor-state" / "grants" / f"{GRANT}.token"
+    token_file = run.tmp / "ccdoor-state" / "grants" / GRANT / "token"
     assert oct(token_file.stat().st_mode & 0o777) == "0o600"
     old_token = token_file.read_text()
     assert len(old_token) == 43 and not old_token.endswith("\n")
