@@ -16,7 +16,8 @@ use crate::credentials::{CredentialCache, Held, RoleRequest};
 use crate::platform::index::{ContainerIndex, IndexChange};
 use crate::platform::mapping::StaticMappings;
 use crate::roles::{
-    assign, container_session, Assignment, RoleArn, RoleError, RoleLookup, RoleMap,
+    assign, container_session, grant_assignment, Assignment, RoleArn, RoleError, RoleLookup,
+    RoleMap,
 };
 use crate::sys::process::Connection;
 
@@ -234,6 +235,17 @@ impl Broker {
         container: &Container,
     ) -> Result<Assignment, RoleError> {
         assign(roles, container, &*self.lookup).await
+    }
+
+    /// The role a grant of the container credentials door gets under
+    /// `roles`: its alias's, with the grant's session name.
+    pub fn assign_grant(
+        &self,
+        roles: &RoleMap,
+        grant: &str,
+        alias: &str,
+    ) -> Result<Assignment, RoleError> {
+        grant_assignment(roles, grant, alias)
     }
 
     /// The credentials of `assignment`, with a hold that tells later whether

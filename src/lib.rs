@@ -8,11 +8,12 @@
 //! - L2: [`platform`] (where callers come from), [`roles`] (which role they get)
 //! - L3: [`credentials`] (the STS cache)
 //! - L4: [`broker`] (the core every front door calls; knows no protocol)
-//! - L5 front doors: [`imds`], [`health`] (they know no config file)
+//! - L5 front doors: [`imds`], [`ccreds`], [`health`] (they know no config file)
 //! - L6: [`config`] (builds every lower layer's settings)
 //! - L7: [`reload`] (puts a new config in force); main.rs only wires.
 
 pub mod broker;
+pub mod ccreds;
 pub mod config;
 pub mod container;
 pub mod credentials;

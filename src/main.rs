@@ -8,6 +8,8 @@ use std::sync::Arc;
 use argh::FromArgs;
 
 use ec2metaproxy::broker::{spawn_prefetcher, Broker};
+use ec2metaproxy::ccreds::grants::Grants;
+use ec2metaproxy::ccreds::ContainerCredentials;
 use ec2metaproxy::config::Config;
 use ec2metaproxy::credentials::sts::AwsSts;
 use ec2metaproxy::credentials::{spawn_refresher, CredentialCache, Timing};
@@ -35,6 +37,10 @@ struct Args {
     /// print the version and exit
     #[argh(switch)]
     version: bool,
+    /// write a new token for this grant of containerCredentials and exit; a
+    /// running proxy refuses the old token within a second
+    #[argh(option)]
+    rotate_grant: Option<String>,
 }
 
 fn fail(error: &dyn std::error::Error, hint: Option<String>) -> ExitCode {
@@ -74,6 +80,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(name) = args.rotate_grant {
+        return rotate_grant(&config, &name);
+    }
     if args.check {
         println!(
             "{}: OK: {} aliases, default \"{}\", listen {}",
@@ -121,6 +130,31 @@ fn main() -> ExitCode {
     code
 }
 
+/// `--rotate-grant NAME`: a new token in the grant's file, atomically. The
+/// token itself is never printed: the file is how it is handed over.
+fn rotate_grant(config: &Config, name: &str) -> ExitCode {
+    let known = config
+        .fixed
+        .container_credentials
+        .as_ref()
+        .is_some_and(|cc| cc.grants.contains_key(name));
+    if !known {
+        eprintln!("error: \"{name}\" is no grant of containerCredentials.grants");
+        return ExitCode::FAILURE;
+    }
+    let dir = config.fixed.grants_dir();
+    match ec2metaproxy::ccreds::grants::rotate(&dir, name) {
+        Ok(_) => {
+            println!(
+                "grant \"{name}\": new token in {}; the old one is refused within a second",
+                dir.join(name).join("token").display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error, None),
+    }
+}
+
 async fn run(config: Config) -> ExitCode {
     let fixed = &config.fixed;
     let tokens = match TokenKey::load_or_create(&fixed.state_dir) {
@@ -132,6 +166,33 @@ async fn run(config: Config) -> ExitCode {
                     "set \"stateDir\" in the config to a directory only the proxy can read".into(),
                 ),
             )
+        }
+    };
+    let by_token = match &fixed.container_credentials {
+        None => None,
+        Some(cc) => {
+            let grants = match Grants::open(&fixed.grants_dir(), cc.grants()) {
+                Ok(grants) => Arc::new(grants),
+                Err(error) => {
+                    return fail(
+                        &error,
+                        Some("the token directory is stateDir/grants; set \"stateDir\" to a directory only the proxy can write".into()),
+                    )
+                }
+            };
+            let mut listeners = Vec::new();
+            for addr in &cc.listen {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(listener) => listeners.push(listener),
+                    Err(error) => {
+                        eprintln!(
+                            "error: cannot listen on {addr} (containerCredentials.listen): {error}"
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            Some((grants, listeners))
         }
     };
     let listener = match tokio::net::TcpListener::bind(fixed.listen).await {
@@ -238,6 +299,35 @@ async fn run(config: Config) -> ExitCode {
     }
     let broker = Arc::new(broker);
     spawn_prefetcher(broker.clone(), changes);
+    if let Some((grants, listeners)) = by_token {
+        for grant in grants.grants() {
+            log::info!(
+                "grant {} (alias {}): token in {}",
+                grant.name,
+                grant.alias,
+                grants.path(&grant.name).display()
+            );
+        }
+        spawn_grant_refresher(grants.clone());
+        let door = Arc::new(ContainerCredentials::new(broker.clone(), grants));
+        for listener in listeners {
+            log::info!(
+                "container credentials (by token) on http://{}/",
+                listener
+                    .local_addr()
+                    .map_or_else(|_| "?".into(), |a| a.to_string())
+            );
+            let mut stop = stop.clone();
+            tokio::spawn(serve(
+                listener,
+                door.clone(),
+                Limits::default(),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ));
+        }
+    }
     let imds = Arc::new(Imds::new(broker, live.imds_settings(), tokens, metadata));
     ec2metaproxy::sys::spawn_heap_trimmer();
     serve(listener, imds, Limits::default(), async {
@@ -247,6 +337,33 @@ async fn run(config: Config) -> ExitCode {
     .await;
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Re-reads the grants' token files every second, so that a rotated or
+/// deleted token stops working without a restart. A failure is logged when
+/// it first appears, not every second.
+fn spawn_grant_refresher(grants: Arc<Grants>) {
+    tokio::spawn(async move {
+        let mut last_error = None;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let grants = grants.clone();
+            let refreshed = tokio::task::spawn_blocking(move || grants.refresh()).await;
+            let error = match refreshed {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(error) => Some(error.to_string()),
+            };
+            if error != last_error {
+                match &error {
+                    Some(error) => log::warn!("grant tokens: {error}"),
+                    None => log::info!("grant tokens readable again"),
+                }
+                last_error = error;
+            }
+        }
+    });
 }
 
 /// Says once, at start, whether each connection can be proven to be its

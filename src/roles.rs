@@ -215,6 +215,8 @@ pub enum RoleError {
     BadEnvRole(String, String, String),
     #[error("label {POLICY_LABEL} is not a usable policy: {0}")]
     BadPolicy(String),
+    #[error("grant \"{0}\" names alias \"{1}\", which is not in aliasToARN")]
+    UnknownGrantAlias(String, String),
 }
 
 /// Picks the role for a container. An unknown alias fails closed: the default
@@ -272,6 +274,27 @@ pub async fn assign(
         external_id: role.external_id.clone().or(container_external_id),
         policy,
         session_name: container_session(roles, container),
+        role,
+    })
+}
+
+/// The role of a grant of the container credentials door: its alias, no
+/// container. The session is named after the grant, so CloudTrail says
+/// which grant's token asked. A grant's alias never falls back to the
+/// default alias: a grant whose alias is gone gets nothing.
+pub fn grant_assignment(
+    roles: &RoleMap,
+    grant: &str,
+    alias: &str,
+) -> Result<Assignment, RoleError> {
+    let role = roles
+        .get(alias)
+        .cloned()
+        .ok_or_else(|| RoleError::UnknownGrantAlias(grant.to_string(), alias.to_string()))?;
+    Ok(Assignment {
+        policy: role.policy.clone().or_else(|| roles.default_policy.clone()),
+        external_id: role.external_id.clone(),
+        session_name: Arc::from(session_name(grant, "")),
         role,
     })
 }
@@ -442,6 +465,21 @@ mod tests {
 
     async fn pick(roles: &RoleMap, container: &Container) -> Result<Assignment, RoleError> {
         assign(roles, container, &FakeIam::default()).await
+    }
+
+    /// A grant gets its alias's role under the grant's name, and never the
+    /// default role when its alias is gone.
+    #[test]
+    fn a_grant_gets_its_alias_and_never_the_default() {
+        let roles = roles();
+        let web = grant_assignment(&roles, "batch", "web").unwrap();
+        assert_eq!(web.role.arn.name(), "Web");
+        assert_eq!(&*web.session_name, "batch");
+        assert!(web.policy.is_some(), "the default policy applies");
+        assert_eq!(
+            grant_assignment(&roles, "batch", "gone").unwrap_err(),
+            RoleError::UnknownGrantAlias("batch".into(), "gone".into())
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ const LAYERS: &[(u8, &str, &[&str])] = &[
     (4, "broker", &[]),
     // Front doors.
     (5, "imds", &[]),
+    (5, "ccreds", &[]),
     (5, "health", &[]),
     // The config file builds every lower layer's settings.
     (6, "config", &[]),

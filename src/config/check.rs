@@ -1,7 +1,7 @@
 //! What serde's types cannot say: ranges, ARNs, policies, addresses, and
 //! keys that depend on each other. Each check names the key it refuses.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::schema::{RawAlias, RawConfig, RawRole};
+use super::schema::{RawAlias, RawConfig, RawContainerCredentials, RawRole};
 use super::{
-    Config, FixedConfig, LiveConfig, DEFAULT_DOCKER_HOST, DEFAULT_LISTEN, DEFAULT_METADATA_URL,
-    DEFAULT_PASSTHROUGH, DEFAULT_SESSION_DURATION, DEFAULT_STATE_DIR,
+    Config, ContainerCredentials, FixedConfig, LiveConfig, DEFAULT_DOCKER_HOST, DEFAULT_LISTEN,
+    DEFAULT_METADATA_URL, DEFAULT_PASSTHROUGH, DEFAULT_SESSION_DURATION, DEFAULT_STATE_DIR,
 };
 use crate::container::normalize_policy;
 use crate::imds;
@@ -145,6 +145,11 @@ impl TryFrom<RawConfig> for Config {
             })?),
         };
 
+        let container_credentials = match raw.container_credentials {
+            None => None,
+            Some(raw) => Some(container_credentials(raw, &aliases)?),
+        };
+
         Ok(Config {
             source: None,
             live: LiveConfig {
@@ -176,9 +181,55 @@ impl TryFrom<RawConfig> for Config {
                 require_caller_proof: raw.require_caller_proof.unwrap_or(true),
                 role_env,
                 role_session_key,
+                container_credentials,
             },
         })
     }
+}
+
+/// `containerCredentials`: at least one listener, grants named so that
+/// they make a file name and an STS session name, each naming an alias.
+fn container_credentials(
+    raw: RawContainerCredentials,
+    aliases: &crate::FastHashMap<String, Arc<Role>>,
+) -> Result<ContainerCredentials, Invalid> {
+    if raw.listen.is_empty() {
+        return Err(invalid(
+            "containerCredentials.listen",
+            "needs at least one IP:PORT, such as \"127.0.0.1:18001\"",
+        ));
+    }
+    let listen = raw
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            parse_listen(text).map_err(|p| invalid(format!("containerCredentials.listen.{i}"), p))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut grants = BTreeMap::new();
+    for (name, grant) in raw.grants {
+        let key = format!("containerCredentials.grants.{name}");
+        if !(2..=64).contains(&name.len())
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                key,
+                "a grant name is 2 to 64 letters, digits, '-' or '_' (it names the token file \
+                 and the STS session)",
+            ));
+        }
+        if !aliases.contains_key(&grant.alias) {
+            return Err(invalid(
+                format!("{key}.alias"),
+                format!("\"{}\" is not an alias in \"aliasToARN\"", grant.alias),
+            ));
+        }
+        grants.insert(name, grant.alias);
+    }
+    Ok(ContainerCredentials { listen, grants })
 }
 
 fn aliases(

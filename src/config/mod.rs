@@ -28,6 +28,7 @@ use serde_json::Value;
 pub use check::parse_listen;
 pub use schema::known_keys;
 
+use crate::ccreds::grants::Grant;
 use crate::imds::local::{LocalMetadata, Overrides};
 use crate::imds::{self, MetadataSource};
 use crate::logging::LogFormat;
@@ -126,6 +127,36 @@ pub struct FixedConfig {
     /// label does; which variables are kept is decided when Docker is listed.
     pub role_env: Option<String>,
     pub role_session_key: Option<SessionKey>,
+    /// The container credentials door (by token); off when `None`.
+    pub container_credentials: Option<ContainerCredentials>,
+}
+
+/// `containerCredentials`: where the by-token door listens, and its grants.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerCredentials {
+    pub listen: Vec<SocketAddr>,
+    /// Grant name -> alias.
+    pub grants: std::collections::BTreeMap<String, String>,
+}
+
+impl ContainerCredentials {
+    /// The door's grants.
+    pub fn grants(&self) -> Vec<Grant> {
+        self.grants
+            .iter()
+            .map(|(name, alias)| Grant {
+                name: name.clone(),
+                alias: alias.clone(),
+            })
+            .collect()
+    }
+}
+
+impl FixedConfig {
+    /// Where the grants' token files are: `stateDir/grants`.
+    pub fn grants_dir(&self) -> PathBuf {
+        self.state_dir.join("grants")
+    }
 }
 
 fn as_text<S: serde::Serializer>(uri: &Option<http::Uri>, s: S) -> Result<S::Ok, S::Error> {
@@ -317,6 +348,57 @@ mod tests {
 
     fn error_of(text: &str) -> String {
         Config::parse(text, "test.json").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn container_credentials_name_listeners_and_grants_of_known_aliases() {
+        let with = |cc: &str| {
+            format!(
+                r#"{{"aliasToARN": {{"default": "arn:aws:iam::123456789012:role/Default"}},
+                    "defaultAlias": "default", "containerCredentials": {cc}}}"#
+            )
+        };
+        let config = Config::parse(
+            &with(r#"{"listen": ["127.0.0.1:18001", "[::1]:18001"], "grants": {"batch-1": {"alias": "default"}}}"#),
+            "test.json",
+        )
+        .unwrap();
+        let cc = config.fixed.container_credentials.as_ref().unwrap();
+        assert_eq!(cc.listen.len(), 2);
+        assert_eq!(cc.grants()[0].name, "batch-1");
+        assert_eq!(
+            config.fixed.grants_dir(),
+            Path::new(DEFAULT_STATE_DIR).join("grants")
+        );
+        assert!(Config::parse(MINIMAL, "t")
+            .unwrap()
+            .fixed
+            .container_credentials
+            .is_none());
+        for (cc, expected) in [
+            (
+                r#"{"listen": [], "grants": {}}"#,
+                r#"test.json: key "containerCredentials.listen": needs at least one IP:PORT, such as "127.0.0.1:18001""#,
+            ),
+            (
+                r#"{"listen": ["127.0.0.1:1"], "grants": {"w": {"alias": "default"}}}"#,
+                r#"test.json: key "containerCredentials.grants.w": a grant name is 2 to 64 letters, digits, '-' or '_' (it names the token file and the STS session)"#,
+            ),
+            (
+                r#"{"listen": ["127.0.0.1:1"], "grants": {"../x": {"alias": "default"}}}"#,
+                r#"test.json: key "containerCredentials.grants.../x": a grant name is 2 to 64 letters, digits, '-' or '_' (it names the token file and the STS session)"#,
+            ),
+            (
+                r#"{"listen": ["127.0.0.1:1"], "grants": {"web": {"alias": "nope"}}}"#,
+                r#"test.json: key "containerCredentials.grants.web.alias": "nope" is not an alias in "aliasToARN""#,
+            ),
+        ] {
+            assert_eq!(error_of(&with(cc)), expected, "{cc}");
+        }
+        assert!(error_of(&with(
+            r#"{"listen": ["127.0.0.1:1"], "grants": {"web": {"alias": "default", "token": "x"}}}"#
+        ))
+        .contains("containerCredentials.grants.web.token"));
     }
 
     #[test]
@@ -646,7 +728,7 @@ mod tests {
         assert!(hint.ends_with(
             "(\"aliasToArn\" is refused because a typo would otherwise be silently ignored)"
         ));
-        assert_eq!(known_keys().len(), 22);
+        assert_eq!(known_keys().len(), 23);
     }
 
     #[test]

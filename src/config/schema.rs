@@ -48,6 +48,25 @@ pub(super) struct RawConfig {
     pub sts_region: Option<String>,
     pub role_mapping_file: Option<PathBuf>,
     pub require_caller_proof: Option<bool>,
+    #[serde(default, deserialize_with = "object")]
+    pub container_credentials: Option<RawContainerCredentials>,
+}
+
+/// `containerCredentials`: the container credentials door (by token).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawContainerCredentials {
+    /// `IP:PORT` listeners for `AWS_CONTAINER_CREDENTIALS_FULL_URI`.
+    pub listen: Vec<String>,
+    /// Grant name -> its alias.
+    pub grants: BTreeMap<String, RawGrant>,
+}
+
+/// One grant: `{"alias": "web"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawGrant {
+    pub alias: String,
 }
 
 /// One entry of `aliasToARN`: a role ARN, or an object with one.

@@ -3,6 +3,8 @@
 //!
 //! * [`host`]: the proxy wired as `main` wires it, on fakes: one harness
 //!   for every test, in process or on a loopback listener.
+//! * [`by_token`]: the container credentials door (by token) on a host's
+//!   core, with its grants' token files.
 //! * [`docker`]: the one fake Docker, and the containers it runs.
 //! * [`sts`] and [`upstream`]: the fake STS and the fake upstream metadata
 //!   service, both counting what they are asked.
@@ -12,6 +14,7 @@
 //!   shared with `fuzz/fuzz_targets/classify.rs`.
 //! * [`corpus`]: the reader of `tests/corpus/identity-requests.txt`.
 
+pub mod by_token;
 pub mod corpus;
 pub mod docker;
 pub mod exchange;
