@@ -19,7 +19,7 @@ use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::platform::mapping::StaticMappings;
 use ec2metaproxy::reload::Live;
 use ec2metaproxy::roles::IamRoleLookup;
-use ec2metaproxy::server::{serve, Limits};
+use ec2metaproxy::server::{serve_all, Limits};
 
 /// Serves each Docker container the AWS credentials of the IAM role its
 /// ec2metaproxy.RoleAlias label names, through the EC2 instance metadata API.
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             path.display(),
             config.live.aliases.len(),
             config.live.default_alias,
-            config.fixed.listen
+            listen_text(&config.fixed.listen)
         );
         return ExitCode::SUCCESS;
     }
@@ -133,13 +133,16 @@ async fn run(config: Config) -> ExitCode {
             )
         }
     };
-    let listener = match tokio::net::TcpListener::bind(fixed.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!("error: cannot listen on {}: {error}", fixed.listen);
-            return ExitCode::FAILURE;
+    let mut listeners = Vec::with_capacity(fixed.listen.len());
+    for &addr in &fixed.listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => listeners.push(listener),
+            Err(error) => {
+                eprintln!("error: cannot listen on {addr}: {error}");
+                return ExitCode::FAILURE;
+            }
         }
-    };
+    }
     let docker = match DockerSource::new(&fixed.docker_host) {
         Ok(docker) => docker.reading_env(config.roles().env_keys()),
         Err(error) => return fail(&error, None),
@@ -153,7 +156,12 @@ async fn run(config: Config) -> ExitCode {
             .source
             .as_ref()
             .map_or("(embedded)".to_string(), |p| p.display().to_string()),
-        listener.local_addr().map_or(fixed.listen, |a| a),
+        listen_text(
+            &listeners
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .collect::<Vec<_>>()
+        ),
         config.live.aliases.len(),
         config.live.default_alias,
         fixed.docker_host,
@@ -239,13 +247,22 @@ async fn run(config: Config) -> ExitCode {
     spawn_prefetcher(broker.clone(), changes);
     let imds = Arc::new(Imds::new(broker, live.imds_settings(), tokens, metadata));
     ec2metaproxy::sys::spawn_heap_trimmer();
-    serve(listener, imds, Limits::default(), async {
+    serve_all(listeners, imds, Limits::default(), async {
         shutdown_signal().await;
         let _ = stopping.send(true);
     })
     .await;
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The listen addresses as one log field: `a,b`.
+fn listen_text(addresses: &[std::net::SocketAddr]) -> String {
+    addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Says once, at start, whether each connection can be proven to be its

@@ -150,6 +150,18 @@ pub async fn serve<S: Service>(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_all(vec![listener], service, limits, shutdown).await;
+}
+
+/// [`serve`] on several listeners (an IPv4 and an IPv6 address, say) that
+/// share one set of limits: a caller's connections count once, whichever
+/// address it reached.
+pub async fn serve_all<S: Service>(
+    listeners: Vec<TcpListener>,
+    service: Arc<S>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
     let permits = Arc::new(Semaphore::new(
         limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
@@ -163,9 +175,16 @@ pub async fn serve<S: Service>(
     if let Some(max) = limits.max_head_bytes {
         builder.max_buf_size(max);
     }
-    let local = listener
-        .local_addr()
-        .map_or_else(|_| "?".into(), |a| a.to_string());
+    let locals: Vec<String> = listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string())
+        })
+        .collect();
+    // Where the next accept starts looking, so a busy listener cannot
+    // starve the others.
+    let mut first = 0;
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -173,11 +192,11 @@ pub async fn serve<S: Service>(
             _ = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            (which, accepted) = accept_any(&listeners, &mut first) => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like: back off, never exit.
-                    log::warn!("accept failed on {local}: {error}");
+                    log::warn!("accept failed on {}: {error}", locals[which]);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -210,7 +229,7 @@ pub async fn serve<S: Service>(
             drop(ip_slot);
         });
     }
-    drop(listener);
+    drop(listeners);
     if limits.drain.is_zero() {
         return;
     }
@@ -220,6 +239,25 @@ pub async fn serve<S: Service>(
             log::warn!("gave up waiting for connections after {:?}", limits.drain)
         }
     }
+}
+
+/// The next connection on any of `listeners`, and which one it came in on;
+/// the search starts at `first`, which moves past the listener that answered.
+async fn accept_any(
+    listeners: &[TcpListener],
+    first: &mut usize,
+) -> (usize, std::io::Result<(tokio::net::TcpStream, SocketAddr)>) {
+    std::future::poll_fn(|cx| {
+        for offset in 0..listeners.len() {
+            let which = (*first + offset) % listeners.len();
+            if let std::task::Poll::Ready(accepted) = listeners[which].poll_accept(cx) {
+                *first = (which + 1) % listeners.len();
+                return std::task::Poll::Ready((which, accepted));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Open connections per caller address.

@@ -4,6 +4,7 @@
 //! `support`; spec files import from it, never from each other.
 
 mod architecture;
+mod ipv6;
 mod operations;
 mod raw;
 mod remembered;
