@@ -135,7 +135,7 @@ async fn run(config: Config) -> ExitCode {
     };
     let mut listeners = Vec::with_capacity(fixed.listen.len());
     for &addr in &fixed.listen {
-        match tokio::net::TcpListener::bind(addr).await {
+        match ec2metaproxy::server::bind(addr) {
             Ok(listener) => listeners.push(listener),
             Err(error) => {
                 eprintln!("error: cannot listen on {addr}: {error}");

@@ -142,6 +142,27 @@ impl Default for Limits {
     }
 }
 
+/// A listener on `addr`, as `TcpListener::bind` makes it, except that an
+/// IPv6 address may still be tentative: a bridge's address stays so until
+/// duplicate address detection ends, which on a bridge with no running
+/// container is never, so the proxy would fail to start at boot.
+/// `IPV6_FREEBIND` lets the bind succeed; connections arrive once the
+/// address is usable.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => {
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            rustix::net::sockopt::set_ipv6_freebind(&socket, true)?;
+            socket
+        }
+    };
+    // As std's bind does on Unix: a restart can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Serves `service` on `listener` until `shutdown` completes, then drains
 /// connections for at most `limits.drain`.
 pub async fn serve<S: Service>(
@@ -406,6 +427,19 @@ fn origin_form(uri: &http::Uri) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stand-in for a bridge's still-tentative address: one not on
+    /// this host at all (documentation prefix; nothing is sent to it).
+    #[tokio::test]
+    async fn an_ipv6_address_not_yet_usable_can_be_listened_on() {
+        let addr: SocketAddr = "[2001:db8:ec2::1]:0".parse().unwrap();
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return; // the host has that address: nothing to show
+        }
+        let listener = bind(addr).expect("IPV6_FREEBIND bind");
+        assert_eq!(listener.local_addr().unwrap().ip(), addr.ip());
+        assert!(bind("127.0.0.1:0".parse().unwrap()).is_ok());
+    }
 
     #[test]
     fn origin_form_is_what_the_uri_displays() {
