@@ -3,10 +3,13 @@
 a container bridge sends there, and the direct-port DROP; dry run, --force
 (applied twice, never doubled) and --remove.
 
-The rules name an interface that does not exist (unique to the run) and
-documentation-range addresses, so they match no packet on this machine; they
-are removed when the module ends, pass or fail. No traffic is sent here: the
-e2e IPv6 test (not written yet) is where a container would use them.
+The rule-writing tests name an interface that does not exist (unique to the
+run) and documentation-range addresses, so their rules match no packet on this
+machine. The last test is the real path: a `--ipv6` network, the proxy on its
+gateways, the script's rules for its bridge (the IPv6 proxy address left to its
+default), and a container's plain request to [fd00:ec2::254] answered by the
+proxy, sent only once the DNAT and the REJECT are in place. Every rule is
+removed when the module ends, pass or fail.
 """
 
 from __future__ import annotations
@@ -114,3 +117,49 @@ def test_remove_deletes_exactly_the_tagged_ipv6_rules(applied):
     finally:
         firewall("--force", "--remove", "--comment", other, check=False)
     assert rules6(other) == []
+
+
+@pytest.fixture(scope="module")
+def bridge6(pkg):
+    """A --ipv6 network, a proxy on its IPv4 and IPv6 gateways, and the script's
+    rules for its bridge, IPv6 proxy address left to its default."""
+    if not os.path.exists("/proc/net/if_inet6"):
+        pytest.xfail("IPv6 not proven: this kernel has no IPv6")
+    run = pkg.run
+    try:
+        net = run.create_network("v6", ipv6=True)
+    except RuntimeError as error:
+        pytest.xfail(f"IPv6 not proven: Docker cannot make an --ipv6 network here: {error}")
+    from conftest import DEFAULT_ALIAS, HostRules, bridge_iface
+    config = run.proxy_config("proxy6", dict(pkg.arn_of), DEFAULT_ALIAS)
+    proxy = harness.Proxy(run, net.gateway, config, run.proxy_env(), name="proxy6",
+                          also_ips=[net.gateway6])
+    iface = bridge_iface(net)
+    rules = HostRules(run, f"{run.comment}-fw6")
+    cp = rules.apply("--container-iface", iface, "--proxy-ip", net.gateway,
+                     "--proxy-port", str(proxy.port), "--block-direct", "proxy-ip")
+    harness.log(f"firewall applied on {iface}:\n{cp.stdout}")
+    yield {"net": net, "proxy": proxy, "rules": rules, "out": cp.stdout}
+    rules.remove()
+
+
+def test_a_container_reaches_the_proxy_at_fd00_ec2_254_through_the_host_dnat(pkg, bridge6, make_plain):
+    net, proxy, tag = bridge6["net"], bridge6["proxy"], bridge6["rules"].tag
+    assert f"-j DNAT --to-destination \\[{net.gateway6}\\]:{proxy.port}" in bridge6["out"], \
+        "--proxy-ip6 defaults to the bridge's IPv6 gateway"
+    c = make_plain("fw6-a", alias="a", network=net)
+    rules = rules6(tag)
+    # Both before any packet leaves for an address that is not on this machine.
+    assert any(r.startswith("nat:") and "DNAT" in r for r in rules) and \
+        any(r.startswith("filter:") and "REJECT" in r for r in rules), rules
+    [put] = pkg.run.http(c, [{"method": "PUT", "host": "fd00:ec2::254", "path": "/latest/api/token",
+                              "headers": {"X-aws-ec2-metadata-token-ttl-seconds": "60"}}])
+    assert put.status == 200, pkg.run.context(put) + proxy.tail(20)
+    [listing] = pkg.run.http(c, [{"method": "GET", "host": "fd00:ec2::254", "path": harness.CREDS_PATH,
+                                  "headers": {"X-aws-ec2-metadata-token": put.body}}])
+    assert listing.status == 200 and listing.body == pkg.role_of["a"], \
+        pkg.run.context(listing) + harness.redact(proxy.tail(20))
+    # Anything else to that address is refused at once, not sent on.
+    [other] = pkg.run.http(c, [{"method": "GET", "host": "fd00:ec2::254", "port": 8080,
+                                "path": "/", "timeout": 3}])
+    assert other.status is None and "refused" in (other.error or "").lower(), other.describe()
