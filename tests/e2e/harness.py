@@ -359,13 +359,16 @@ class Proxy(LogFile):
     """The ec2metaproxy daemon under test, on the host, listening on the gateway IP."""
 
     def __init__(self, run: "Run", listen_ip: str, config: dict, env: dict, name: str = "proxy",
-                 also_ips: list[str] = ()):
+                 also_ips: list[str] = (), mapped: bool = False):
         self.run = run
         self.name = name
         self.ip = listen_ip
         self.port = free_port(listen_ip)
         # `also_ips` (IPv6 ones, say): the same port there too, a `listen` list.
-        self.listen = [f"{listen_ip}:{self.port}"] + [
+        # `mapped`: the IPv4 address spelt as IPv6 (::ffff:a.b.c.d), so the
+        # proxy's socket is an IPv6 one, as a dual-stack [::] listener is.
+        first = f"[::ffff:{listen_ip}]:{self.port}" if mapped else f"{listen_ip}:{self.port}"
+        self.listen = [first] + [
             f"[{ip}]:{self.port}" if ":" in ip else f"{ip}:{self.port}" for ip in also_ips]
         self.config = dict(config, listen=self.listen[0] if len(self.listen) == 1 else self.listen)
         self.config_path = run.tmp / f"{name}.json"

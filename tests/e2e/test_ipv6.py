@@ -140,3 +140,18 @@ def test_identity_routes_are_refused_over_ipv6(six, make_container):
         assert CANARY not in r.body, f"{path}" + six.ctx(r)
         # iam/info may describe the container's own role; HostRole is never its.
         assert r.status == 404 or path.endswith("iam/info"), f"{path}" + six.ctx(r)
+
+
+def test_an_ipv6_socket_knows_ipv4_callers_by_their_ipv4_address(e2e, make_container):
+    """A dual-stack listener (`"listen": "[::]:18000"`) accepts IPv4 callers as
+    ::ffff:a.b.c.d: they are still their IPv4 containers, and the proof of the
+    caller (on by default) still finds their connections."""
+    run = e2e.run
+    config = run.proxy_config("proxy-mapped", dict(e2e.arn_of), DEFAULT_ALIAS)
+    proxy = harness.Proxy(run, run.network.gateway, config, run.proxy_env(),
+                          name="proxy-mapped", mapped=True)
+    c = make_container("mapped-a", alias="a", redirect=proxy)
+    res = run.boto3(c)
+    assert res.ok and assumed_role(res.arn)[0] == e2e.role_of["a"], \
+        run.context(res) + harness.redact(proxy.tail(30))
+    assert proxy.wait_log(f"remote={c.ip} "), harness.redact(proxy.tail(30))
