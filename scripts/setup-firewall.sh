@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sends the containers' metadata requests to ec2metaproxy (iptables, IPv4).
+# Sends the containers' metadata requests to ec2metaproxy (iptables, ip6tables).
 #
 # Prints the iptables commands and changes nothing unless --force is given.
 #
@@ -28,6 +28,12 @@
 #      running now; --follow keeps them in step with Docker's events and the
 #      kernel's, and holds a new port closed until it knows its container. IPv4
 #      and ARP only for now; IPv6 frames are checked for their source MAC alone.
+#   6. IPv6 (ip6tables), unless --no-ipv6 or the host has no IPv6: what 1.-3. do
+#      for [fd00:ec2::254], where SDKs in IPv6 endpoint mode ask. The DNAT goes
+#      to PROXY_IP6 (the proxy's config must list it in "listen"); the REJECT of
+#      everything else to that address is written even when there is no
+#      PROXY_IP6 to redirect to, so such a container gets a refusal, never the
+#      host's metadata service.
 # Every rule carries the comment TAG (default "ec2metaproxy"), and the table is
 # named TAG: --remove deletes exactly those, and applying again replaces them.
 #
@@ -43,6 +49,11 @@
 #                           without an address, 127.0.0.1 with route_localnet, see 4.)
 #   --metadata-ip IP        the address containers ask (default 169.254.169.254)
 #   --block-direct MODE     all (default) | proxy-ip | off, see 3.
+#   --proxy-ip6 IP          where the proxy listens on IPv6 (default: IF's global
+#                           IPv6 address, e.g. the gateway of a --ipv6 network;
+#                           none for a wildcard: then REJECT only, see 6.)
+#   --metadata-ip6 IP       the IPv6 address containers ask (default fd00:ec2::254)
+#   --no-ipv6               write no ip6tables rules (a host without IPv6)
 #   --comment TAG           the rules' comment ([A-Za-z0-9_.:-], default ec2metaproxy)
 #   --anti-spoof            also write the anti-spoofing table (see 5.), filled
 #                           from the containers running now (a snapshot)
@@ -71,6 +82,10 @@ METADATA_IP=169.254.169.254
 BLOCK_DIRECT=all
 TAG=ec2metaproxy
 IPT=(iptables -w 5)
+IPT6=(ip6tables -w 5)
+PROXY_IP6=""
+METADATA_IP6=fd00:ec2::254
+NO_IPV6=0
 STATE_DIR=/run/ec2metaproxy-firewall
 ANTI_SPOOF=0
 FOLLOW=0
@@ -95,6 +110,9 @@ while [ $# -gt 0 ]; do
         --proxy-ip) need_value "$@"; PROXY_IP="$2"; shift ;;
         --metadata-ip) need_value "$@"; METADATA_IP="$2"; shift ;;
         --block-direct) need_value "$@"; BLOCK_DIRECT="$2"; shift ;;
+        --proxy-ip6) need_value "$@"; PROXY_IP6="$2"; shift ;;
+        --metadata-ip6) need_value "$@"; METADATA_IP6="$2"; shift ;;
+        --no-ipv6) NO_IPV6=1 ;;
         --comment) need_value "$@"; TAG="$2"; shift ;;
         --anti-spoof) ANTI_SPOOF=1 ;;
         --follow) FOLLOW=1 ;;
@@ -111,12 +129,21 @@ is_ipv4() {
     read -r a b c d <<<"$1"
     for o in "$a" "$b" "$c" "$d"; do [ "$o" -le 255 ] || return 1; done
 }
+# The shape of an IPv6 address; ip6tables itself refuses a malformed one.
+is_ipv6() { [[ "$1" =~ ^[0-9A-Fa-f]{0,4}(:[0-9A-Fa-f]{0,4}){2,7}$ ]]; }
 [[ "$TAG" =~ ^[A-Za-z0-9_.:-]{1,200}$ ]] || die "--comment must match [A-Za-z0-9_.:-]{1,200}: $TAG"
 if ! [[ "$PORT" =~ ^[0-9]+$ ]] || [ "$PORT" -lt 1 ] || [ "$PORT" -gt 65535 ]; then
     die "--proxy-port must be 1..65535: $PORT"
 fi
 [[ "$IFACE" =~ ^[A-Za-z0-9_.:@-]{1,15}\+?$ ]] || die "--container-iface is not an interface name (or NAME+): $IFACE"
 is_ipv4 "$METADATA_IP" || die "--metadata-ip must be an IPv4 address: $METADATA_IP"
+is_ipv6 "$METADATA_IP6" || die "--metadata-ip6 must be an IPv6 address: $METADATA_IP6"
+if [ -n "$PROXY_IP6" ]; then
+    is_ipv6 "$PROXY_IP6" || die "--proxy-ip6 must be an IPv6 address: $PROXY_IP6"
+    # The kernel has no route_localnet for IPv6: a packet DNATed to ::1 from
+    # another interface is dropped.
+    [ "$PROXY_IP6" != ::1 ] || die "--proxy-ip6 cannot be ::1 (IPv6 cannot be redirected to loopback); use the bridge's IPv6 address"
+fi
 case "$BLOCK_DIRECT" in all|proxy-ip|off) ;; *) die "--block-direct must be all, proxy-ip or off" ;; esac
 [ "$FOLLOW" = 0 ] || [ "$ANTI_SPOOF" = 1 ] || die "--follow needs --anti-spoof"
 if ! [[ "$RESYNC_INTERVAL" =~ ^[0-9]+$ ]] || [ "$RESYNC_INTERVAL" -lt 1 ] || [ "$RESYNC_INTERVAL" -gt 86400 ]; then
@@ -147,9 +174,31 @@ fi
 LOCALNET=0
 [[ "$PROXY_IP" == 127.* ]] && LOCALNET=1
 
-# The forward-path chain Docker leaves to its users, else FORWARD itself.
+# 6. IPv6: on unless --no-ipv6, or the kernel or ip6tables is missing.
+IPV6=1
+if [ "$NO_IPV6" = 1 ]; then
+    IPV6=0
+elif [ ! -e /proc/net/if_inet6 ] || ! command -v ip6tables >/dev/null; then
+    IPV6=0
+    echo "# no IPv6 on this host (no /proc/net/if_inet6 or no ip6tables): IPv4 rules only" >&2
+fi
+if [ "$IPV6" = 1 ] && [ -z "$PROXY_IP6" ] && [ "$WILDCARD" = 0 ] && [ "$REMOVE" = 0 ] && [ "$FOLLOW" = 0 ]; then
+    PROXY_IP6="$(ip -6 -o addr show dev "$IFACE" scope global 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')"
+fi
+
+# The forward-path chain Docker leaves to its users, else FORWARD itself
+# (Docker writes ip6tables chains only with "ip6tables": true).
 forward_chain() {
     if "${IPT[@]}" -t filter -S DOCKER-USER >/dev/null 2>&1; then echo DOCKER-USER; else echo FORWARD; fi
+}
+forward_chain6() {
+    if "${IPT6[@]}" -t filter -S DOCKER-USER >/dev/null 2>&1; then echo DOCKER-USER; else echo FORWARD; fi
+}
+
+# The chains rules may be in: "FAMILY:TABLE:CHAIN" (4 or 6).
+rule_chains() {
+    echo 4:nat:PREROUTING 4:filter:DOCKER-USER 4:filter:FORWARD 4:filter:INPUT 4:mangle:PREROUTING
+    if [ "$IPV6" = 1 ]; then echo 6:nat:PREROUTING 6:filter:DOCKER-USER 6:filter:FORWARD 6:filter:INPUT; fi
 }
 
 # route_localnet per interface, or for all of them for a wildcard.
@@ -165,22 +214,28 @@ run() {
     if [ "$FORCE" = 1 ]; then "$@"; fi
 }
 
-# Every rule tagged TAG in table $1, chain $2, as iptables -S prints it.
+# Every rule tagged TAG in family $1 (4 or 6), table $2, chain $3, as
+# iptables -S prints it.
 tagged_rules() {
-    "${IPT[@]}" -t "$1" -S "$2" 2>/dev/null \
-        | grep -E -- "^-A $2 .*--comment \"?${TAG//./\\.}\"?( |\$)" || true
+    local cmd=("${IPT[@]}")
+    [ "$1" = 4 ] || cmd=("${IPT6[@]}")
+    "${cmd[@]}" -t "$2" -S "$3" 2>/dev/null \
+        | grep -E -- "^-A $3 .*--comment \"?${TAG//./\\.}\"?( |\$)" || true
 }
 
 # Deletes the iptables rules tagged TAG; FOUND=1 when there was one.
 FOUND=0
 remove_rules() {
-    local failed=0 table chain line
+    local failed=0 family table chain line rest cmd
     if [ "$(id -u)" != 0 ]; then
         echo "# (not root: cannot list the current rules; run as root to see what --remove would delete)"
         return 0
     fi
-    for pair in nat:PREROUTING filter:DOCKER-USER filter:FORWARD filter:INPUT mangle:PREROUTING; do
-        table="${pair%%:*}" chain="${pair#*:}"
+    for where in $(rule_chains); do
+        family="${where%%:*}" rest="${where#*:}"
+        table="${rest%%:*}" chain="${rest#*:}"
+        cmd=("${IPT[@]}")
+        [ "$family" = 4 ] || cmd=("${IPT6[@]}")
         while IFS= read -r line; do
             [ -n "$line" ] || continue
             FOUND=1
@@ -192,13 +247,15 @@ remove_rules() {
                 # without one gives another rule (-D then finds no match).
                 case "$prev" in
                     --ctorigdst|--ctorigsrc|--ctrepldst|--ctreplsrc)
-                        [[ "$word" == */* ]] || word="$word/32" ;;
+                        if [[ "$word" != */* ]]; then
+                            if [ "$family" = 4 ]; then word="$word/32"; else word="$word/128"; fi
+                        fi ;;
                 esac
                 spec+=("$word")
                 prev="$word"
             done
-            run "${IPT[@]}" -t "$table" -D "${spec[@]}" || failed=1
-        done < <(tagged_rules "$table" "$chain")
+            run "${cmd[@]}" -t "$table" -D "${spec[@]}" || failed=1
+        done < <(tagged_rules "$family" "$table" "$chain")
     done
     local saved="$STATE_DIR/$TAG.route_localnet"
     if [ -f "$saved" ]; then
@@ -212,7 +269,7 @@ remove_rules() {
     fi
     if [ "$failed" = 1 ]; then
         echo "setup-firewall: some rules tagged \"$TAG\" could not be deleted; list them with" >&2
-        echo "  iptables -t TABLE -S | grep -- '--comment $TAG'" >&2
+        echo "  iptables -t TABLE -S | grep -- '--comment $TAG'   (and ip6tables)" >&2
         return 1
     fi
 }
@@ -258,6 +315,37 @@ add_rules() {
         fi
         run sysctl -q -w "$key=1"
     fi
+    add_rules6
+}
+
+# 6. The same for IPv6: [METADATA_IP6]:80 to [PROXY_IP6]:PORT, the rest rejected.
+add_rules6() {
+    [ "$IPV6" = 1 ] || return 0
+    local fwd
+    fwd="$(forward_chain6)"
+    if [ -n "$PROXY_IP6" ]; then
+        echo "# ec2metaproxy: containers on $IFACE asking [$METADATA_IP6]:80 -> proxy at [$PROXY_IP6]:$PORT (list it in the config's \"listen\")"
+        run "${IPT6[@]}" -t nat -I PREROUTING 1 -i "$IFACE" -d "$METADATA_IP6/128" -p tcp --dport 80 \
+            "${comment[@]}" -j DNAT --to-destination "[$PROXY_IP6]:$PORT"
+    else
+        echo "# $IFACE has no global IPv6 address and no --proxy-ip6 was given: [$METADATA_IP6] is"
+        echo "# rejected, not redirected (SDKs in IPv6 endpoint mode get no credentials there)"
+    fi
+    run "${IPT6[@]}" -t filter -I "$fwd" 1 -i "$IFACE" -d "$METADATA_IP6/128" \
+        "${comment[@]}" -j REJECT --reject-with icmp6-port-unreachable
+    case "$BLOCK_DIRECT" in
+        all)
+            run "${IPT6[@]}" -t filter -I INPUT 1 ! -i lo -p tcp --dport "$PORT" \
+                -m conntrack --ctstate NEW ! --ctorigdst "$METADATA_IP6/128" \
+                "${comment[@]}" -j DROP ;;
+        proxy-ip)
+            if [ -n "$PROXY_IP6" ]; then
+                run "${IPT6[@]}" -t filter -I INPUT 1 ! -i lo -d "$PROXY_IP6/128" -p tcp --dport "$PORT" \
+                    -m conntrack --ctstate NEW ! --ctorigdst "$METADATA_IP6/128" \
+                    "${comment[@]}" -j DROP
+            fi ;;
+        off) ;;
+    esac
 }
 
 # ---- 5. anti-spoofing (--anti-spoof): the nftables table "bridge TAG" ---------
@@ -849,7 +937,7 @@ elif [ "$REMOVE" = 1 ]; then
 else
     # Applying again replaces the rules with this tag instead of doubling them
     # (and the table, below, in one transaction).
-    if [ "$(id -u)" = 0 ] && [ -n "$(for p in nat:PREROUTING filter:DOCKER-USER filter:FORWARD filter:INPUT mangle:PREROUTING; do tagged_rules "${p%%:*}" "${p#*:}"; done)" ]; then
+    if [ "$(id -u)" = 0 ] && [ -n "$(for w in $(rule_chains); do r="${w#*:}"; tagged_rules "${w%%:*}" "${r%%:*}" "${r#*:}"; done)" ]; then
         echo "# replacing the rules already tagged \"$TAG\""
         remove_rules
     fi

@@ -22,7 +22,7 @@ use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::platform::mapping::StaticMappings;
 use ec2metaproxy::reload::Live;
 use ec2metaproxy::roles::IamRoleLookup;
-use ec2metaproxy::server::{serve, Limits};
+use ec2metaproxy::server::{serve_all, Limits};
 
 /// Serves each Docker container the AWS credentials of the IAM role its
 /// ec2metaproxy.RoleAlias label names, through the EC2 instance metadata API.
@@ -89,7 +89,7 @@ fn main() -> ExitCode {
             path.display(),
             config.live.aliases.len(),
             config.live.default_alias,
-            config.fixed.listen
+            listen_text(&config.fixed.listen)
         );
         return ExitCode::SUCCESS;
     }
@@ -182,7 +182,7 @@ async fn run(config: Config) -> ExitCode {
             };
             let mut listeners = Vec::new();
             for addr in &cc.listen {
-                match tokio::net::TcpListener::bind(addr).await {
+                match ec2metaproxy::server::bind(*addr) {
                     Ok(listener) => listeners.push(listener),
                     Err(error) => {
                         eprintln!(
@@ -195,13 +195,16 @@ async fn run(config: Config) -> ExitCode {
             Some((grants, listeners))
         }
     };
-    let listener = match tokio::net::TcpListener::bind(fixed.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!("error: cannot listen on {}: {error}", fixed.listen);
-            return ExitCode::FAILURE;
+    let mut listeners = Vec::with_capacity(fixed.listen.len());
+    for &addr in &fixed.listen {
+        match ec2metaproxy::server::bind(addr) {
+            Ok(listener) => listeners.push(listener),
+            Err(error) => {
+                eprintln!("error: cannot listen on {addr}: {error}");
+                return ExitCode::FAILURE;
+            }
         }
-    };
+    }
     let docker = match DockerSource::new(&fixed.docker_host) {
         Ok(docker) => docker.reading_env(config.roles().env_keys()),
         Err(error) => return fail(&error, None),
@@ -215,7 +218,12 @@ async fn run(config: Config) -> ExitCode {
             .source
             .as_ref()
             .map_or("(embedded)".to_string(), |p| p.display().to_string()),
-        listener.local_addr().map_or(fixed.listen, |a| a),
+        listen_text(
+            &listeners
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .collect::<Vec<_>>()
+        ),
         config.live.aliases.len(),
         config.live.default_alias,
         fixed.docker_host,
@@ -310,27 +318,23 @@ async fn run(config: Config) -> ExitCode {
         }
         spawn_grant_refresher(grants.clone());
         let door = Arc::new(ContainerCredentials::new(broker.clone(), grants));
-        for listener in listeners {
-            log::info!(
-                "container credentials (by token) on http://{}/",
-                listener
-                    .local_addr()
-                    .map_or_else(|_| "?".into(), |a| a.to_string())
-            );
-            let mut stop = stop.clone();
-            tokio::spawn(serve(
-                listener,
-                door.clone(),
-                Limits::default(),
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            ));
-        }
+        log::info!(
+            "container credentials (by token) on {}",
+            listen_text(
+                &listeners
+                    .iter()
+                    .filter_map(|l| l.local_addr().ok())
+                    .collect::<Vec<_>>()
+            )
+        );
+        let mut stop = stop.clone();
+        tokio::spawn(serve_all(listeners, door, Limits::default(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
     }
     let imds = Arc::new(Imds::new(broker, live.imds_settings(), tokens, metadata));
     ec2metaproxy::sys::spawn_heap_trimmer();
-    serve(listener, imds, Limits::default(), async {
+    serve_all(listeners, imds, Limits::default(), async {
         shutdown_signal().await;
         let _ = stopping.send(true);
     })
@@ -364,6 +368,15 @@ fn spawn_grant_refresher(grants: Arc<Grants>) {
             }
         }
     });
+}
+
+/// The listen addresses as one log field: `a,b`.
+fn listen_text(addresses: &[std::net::SocketAddr]) -> String {
+    addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Says once, at start, whether each connection can be proven to be its

@@ -213,7 +213,7 @@ mod tests {
         );
         assert_eq!(
             now.fixed.listen,
-            "0.0.0.0:18000".parse().unwrap(),
+            ["0.0.0.0:18000".parse().unwrap()],
             "still the running listen address"
         );
     }

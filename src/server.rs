@@ -142,10 +142,43 @@ impl Default for Limits {
     }
 }
 
+/// A listener on `addr`, as `TcpListener::bind` makes it, except that an
+/// IPv6 address may still be tentative: a bridge's address stays so until
+/// duplicate address detection ends, which on a bridge with no running
+/// container is never, so the proxy would fail to start at boot.
+/// `IPV6_FREEBIND` lets the bind succeed; connections arrive once the
+/// address is usable.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => {
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            rustix::net::sockopt::set_ipv6_freebind(&socket, true)?;
+            socket
+        }
+    };
+    // As std's bind does on Unix: a restart can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Serves `service` on `listener` until `shutdown` completes, then drains
 /// connections for at most `limits.drain`.
 pub async fn serve<S: Service>(
     listener: TcpListener,
+    service: Arc<S>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_all(vec![listener], service, limits, shutdown).await;
+}
+
+/// [`serve`] on several listeners (an IPv4 and an IPv6 address, say) that
+/// share one set of limits: a caller's connections count once, whichever
+/// address it reached.
+pub async fn serve_all<S: Service>(
+    listeners: Vec<TcpListener>,
     service: Arc<S>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
@@ -163,9 +196,16 @@ pub async fn serve<S: Service>(
     if let Some(max) = limits.max_head_bytes {
         builder.max_buf_size(max);
     }
-    let local = listener
-        .local_addr()
-        .map_or_else(|_| "?".into(), |a| a.to_string());
+    let locals: Vec<String> = listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string())
+        })
+        .collect();
+    // Where the next accept starts looking, so a busy listener cannot
+    // starve the others.
+    let mut first = 0;
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -173,11 +213,11 @@ pub async fn serve<S: Service>(
             _ = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            (which, accepted) = accept_any(&listeners, &mut first) => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like: back off, never exit.
-                    log::warn!("accept failed on {local}: {error}");
+                    log::warn!("accept failed on {}: {error}", locals[which]);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -210,7 +250,7 @@ pub async fn serve<S: Service>(
             drop(ip_slot);
         });
     }
-    drop(listener);
+    drop(listeners);
     if limits.drain.is_zero() {
         return;
     }
@@ -220,6 +260,25 @@ pub async fn serve<S: Service>(
             log::warn!("gave up waiting for connections after {:?}", limits.drain)
         }
     }
+}
+
+/// The next connection on any of `listeners`, and which one it came in on;
+/// the search starts at `first`, which moves past the listener that answered.
+async fn accept_any(
+    listeners: &[TcpListener],
+    first: &mut usize,
+) -> (usize, std::io::Result<(tokio::net::TcpStream, SocketAddr)>) {
+    std::future::poll_fn(|cx| {
+        for offset in 0..listeners.len() {
+            let which = (*first + offset) % listeners.len();
+            if let std::task::Poll::Ready(accepted) = listeners[which].poll_accept(cx) {
+                *first = (which + 1) % listeners.len();
+                return std::task::Poll::Ready((which, accepted));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Open connections per caller address.
@@ -368,6 +427,19 @@ fn origin_form(uri: &http::Uri) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stand-in for a bridge's still-tentative address: one not on
+    /// this host at all (documentation prefix; nothing is sent to it).
+    #[tokio::test]
+    async fn an_ipv6_address_not_yet_usable_can_be_listened_on() {
+        let addr: SocketAddr = "[2001:db8:ec2::1]:0".parse().unwrap();
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return; // the host has that address: nothing to show
+        }
+        let listener = bind(addr).expect("IPV6_FREEBIND bind");
+        assert_eq!(listener.local_addr().unwrap().ip(), addr.ip());
+        assert!(bind("127.0.0.1:0".parse().unwrap()).is_ok());
+    }
 
     #[test]
     fn origin_form_is_what_the_uri_displays() {

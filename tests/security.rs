@@ -22,6 +22,7 @@ use ec2metaproxy::imds::path::{canonicalize, names_identity};
 use ec2metaproxy::server::Limits;
 
 use crate::support::corpus::{corpus, Case};
+use crate::support::docker::container;
 use crate::support::exchange::exchange;
 use crate::support::host::{Host, LOOPBACK, WEB_IP};
 use crate::support::identity::upstream_names_identity;
@@ -152,13 +153,36 @@ async fn corpus_through_the_listener_never_reaches_the_hosts_identity() {
         ..Limits::default()
     };
     let proxy = host.listen(limits).await;
-    let token = host.token(LOOPBACK, 600, NOW_SECS);
+    corpus_through(&host, proxy.addr, LOOPBACK, "the listener").await;
+    let _ = proxy.stop.send(());
+}
+
+/// The same corpus from an IPv6 caller, as a container on an IPv6 network
+/// sends it to [fd00:ec2::254].
+#[tokio::test]
+async fn corpus_over_ipv6_never_reaches_the_hosts_identity() {
+    let host = Host::standard()
+        .container(container(
+            "local6",
+            "::1",
+            &[("ec2metaproxy.RoleAlias", "web")],
+        ))
+        .start()
+        .await;
+    let proxy = host.listen_all(&["[::1]:0"]).await;
+    corpus_through(&host, proxy.addrs[0], "::1", "an IPv6 listener").await;
+}
+
+/// Sends the corpus to `addr` as `caller` (the address the test connects
+/// from), with `caller`'s token.
+async fn corpus_through(host: &Host, addr: std::net::SocketAddr, caller: &str, how: &str) {
+    let token = host.token(caller, 600, NOW_SECS);
     let mut failures = Vec::new();
     let mut statuses = BTreeMap::new();
     let cases = corpus();
     for case in &cases {
         let before = host.upstream.snapshot();
-        let answer = exchange(proxy.addr, &case.bytes(&token)).await.answer;
+        let answer = exchange(addr, &case.bytes(&token)).await.answer;
         let (status, body) = (answer.status, answer.body);
         *statuses.entry(status).or_insert(0) += 1;
         let outcome = Outcome {
@@ -166,12 +190,11 @@ async fn corpus_through_the_listener_never_reaches_the_hosts_identity() {
             body,
             upstream: host.upstream.asked_since(&before),
         };
-        failures.extend(judge(case, "listener", &outcome));
+        failures.extend(judge(case, how, &outcome));
     }
-    let _ = proxy.stop.send(());
     let asked = host.upstream.asked_since(&HashMap::new());
     println!(
-        "corpus through the listener: {} requests; {}; \
+        "corpus through {how}: {} requests; {}; \
          metadata service asked {} times (only @forwards lines), {} of them for identity",
         cases.len(),
         tally(&statuses),

@@ -5,6 +5,7 @@
 
 mod architecture;
 mod by_token;
+mod ipv6;
 mod operations;
 mod raw;
 mod remembered;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::schema::{RawAlias, RawConfig, RawContainerCredentials, RawRole};
+use super::schema::{RawAlias, RawConfig, RawContainerCredentials, RawListen, RawRole};
 use super::{
     Config, ContainerCredentials, FixedConfig, LiveConfig, DEFAULT_DOCKER_HOST, DEFAULT_LISTEN,
     DEFAULT_METADATA_URL, DEFAULT_PASSTHROUGH, DEFAULT_SESSION_DURATION, DEFAULT_STATE_DIR,
@@ -68,8 +68,7 @@ impl TryFrom<RawConfig> for Config {
                 format!("\"{docker_host}\" must start with unix://, tcp:// or http://"),
             ));
         }
-        let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen = parse_listen(listen).map_err(|problem| invalid("listen", problem))?;
+        let listen = listen_addresses(raw.listen).map_err(|problem| invalid("listen", problem))?;
         let metadata_url = match raw.metadata_url {
             None => Some(http::Uri::from_static(DEFAULT_METADATA_URL)),
             Some(None) => None,
@@ -316,6 +315,27 @@ fn passthrough_prefix(prefix: &str) -> Result<String, Invalid> {
         ));
     }
     Ok(prefix.to_string())
+}
+
+/// Every address of `listen`: at least one, none twice.
+fn listen_addresses(raw: Option<RawListen>) -> Result<Vec<SocketAddr>, String> {
+    let texts = match raw {
+        None => vec![DEFAULT_LISTEN.to_string()],
+        Some(RawListen::One(text)) => vec![text],
+        Some(RawListen::Many(texts)) => texts,
+    };
+    if texts.is_empty() {
+        return Err("the list is empty: give at least one address".into());
+    }
+    let mut addresses: Vec<SocketAddr> = Vec::with_capacity(texts.len());
+    for text in &texts {
+        let address = parse_listen(text)?;
+        if addresses.contains(&address) {
+            return Err(format!("\"{text}\" is listed twice"));
+        }
+        addresses.push(address);
+    }
+    Ok(addresses)
 }
 
 /// Accepts `IP:PORT`, `[IPv6]:PORT` and the Go style `:PORT` (all interfaces).

@@ -103,7 +103,8 @@ pub struct LiveConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FixedConfig {
-    pub listen: SocketAddr,
+    /// Every address the metadata door listens on (IPv4 and IPv6 ones).
+    pub listen: Vec<SocketAddr>,
     pub docker_host: String,
     /// `None` when the config says there is no metadata service (`"metadataURL": null`).
     #[serde(rename = "metadataURL", serialize_with = "as_text")]
@@ -406,7 +407,7 @@ mod tests {
         let config = Config::parse(MINIMAL, "test.json").unwrap();
         let fixed = &config.fixed;
         assert_eq!(fixed.docker_host, DEFAULT_DOCKER_HOST);
-        assert_eq!(fixed.listen, "0.0.0.0:18000".parse().unwrap());
+        assert_eq!(fixed.listen, ["0.0.0.0:18000".parse().unwrap()]);
         assert_eq!(
             fixed.metadata_url.as_ref().unwrap().to_string(),
             "http://169.254.169.254/"
@@ -547,6 +548,26 @@ mod tests {
                 "test.json: key \"listen\": \"localhost\" is not a listen address such as \"127.0.0.1:18000\" or \":18000\"",
             ),
             (
+                "an empty listen list",
+                r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a", "listen": []}"#,
+                "test.json: key \"listen\": the list is empty: give at least one address",
+            ),
+            (
+                "a listen address listed twice",
+                r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a", "listen": [":80", "0.0.0.0:80"]}"#,
+                "test.json: key \"listen\": \"0.0.0.0:80\" is listed twice",
+            ),
+            (
+                "a listen list with a bad address",
+                r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a", "listen": ["[fd00::1]:80", "fd00::2"]}"#,
+                "test.json: key \"listen\": \"fd00::2\" is not a listen address such as \"127.0.0.1:18000\" or \":18000\"",
+            ),
+            (
+                "listen is neither an address nor a list",
+                r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a", "listen": 80}"#,
+                "test.json: key \"listen\": expected a listen address such as \":18000\", or a list of them",
+            ),
+            (
                 "a policy that is not a JSON object",
                 r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a", "defaultPolicy": "[1]"}"#,
                 "test.json: key \"defaultPolicy\": the policy must be a JSON object, found a list",
@@ -628,6 +649,29 @@ mod tests {
             "{error}"
         );
         assert!(error.hint().is_some());
+    }
+
+    /// The Go fork's single string still loads; a list adds an IPv6 door.
+    #[test]
+    fn listen_takes_one_address_or_a_list() {
+        let one = Config::parse(
+            r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a", "listen": "172.17.0.1:18000"}"#,
+            "test.json",
+        )
+        .unwrap();
+        assert_eq!(one.fixed.listen, ["172.17.0.1:18000".parse().unwrap()]);
+        let both = Config::parse(
+            r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a", "listen": ["172.17.0.1:18000", "[fd00:d0c::1]:18000"]}"#,
+            "test.json",
+        )
+        .unwrap();
+        assert_eq!(
+            both.fixed.listen,
+            [
+                "172.17.0.1:18000".parse().unwrap(),
+                "[fd00:d0c::1]:18000".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
@@ -740,7 +784,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        assert_eq!(config.fixed.listen, "0.0.0.0:18000".parse().unwrap());
+        assert_eq!(config.fixed.listen, ["0.0.0.0:18000".parse().unwrap()]);
         assert_eq!(
             config.live.imds.passthrough.len(),
             DEFAULT_PASSTHROUGH.len()

@@ -28,7 +28,8 @@ pub(super) struct RawConfig {
     /// A JSON object, or a string holding one (the Go fork's form).
     pub default_policy: Option<Value>,
     pub docker_host: Option<String>,
-    pub listen: Option<String>,
+    /// One address (the Go fork's form) or a list, e.g. an IPv4 and an IPv6 one.
+    pub listen: Option<RawListen>,
     pub verbose: Option<bool>,
     #[serde(rename = "metadataURL", default, deserialize_with = "nullable")]
     pub metadata_url: Option<Option<String>>,
@@ -106,6 +107,17 @@ impl<'de> Deserialize<'de> for RawAlias {
         }
         deserializer.deserialize_any(Alias)
     }
+}
+
+/// `listen`: one address, as the Go fork writes it, or several.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected a listen address such as \":18000\", or a list of them"
+)]
+pub(super) enum RawListen {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// `null` kept apart from a key left out: `Some(None)`.

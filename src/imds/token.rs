@@ -299,6 +299,45 @@ mod tests {
         );
     }
 
+    /// Containers on an IPv6 network call from their GlobalIPv6Address.
+    #[test]
+    fn a_token_is_bound_to_an_ipv6_caller() {
+        let key = TokenKey::random();
+        let token = key.issue(held("fd00:d0c:1::2", "aaaa"), 60, NOW);
+        assert!(key.is_valid(token.as_bytes(), held("fd00:d0c:1::2", "aaaa"), NOW));
+        assert!(
+            key.is_valid(token.as_bytes(), held("fd00:d0c:1:0:0:0:0:2", "aaaa"), NOW),
+            "the same address, spelt long"
+        );
+        for other in ["fd00:d0c:1::3", "fd00:d0c:2::2", "::1", "172.17.0.2"] {
+            assert!(
+                !key.is_valid(token.as_bytes(), held(other, "aaaa"), NOW),
+                "another caller: {other}"
+            );
+        }
+        assert!(
+            !key.is_valid(token.as_bytes(), held("fd00:d0c:1::2", "bbbb"), NOW),
+            "the address's next owner"
+        );
+    }
+
+    /// A dual-stack listener names an IPv4 caller `::ffff:a.b.c.d`: the
+    /// same caller, so the same token; any other IPv6 address is another.
+    #[test]
+    fn an_ipv4_mapped_spelling_is_the_ipv4_caller() {
+        let key = TokenKey::random();
+        let token = key.issue(ip("172.17.0.2"), 60, NOW);
+        assert!(key.is_valid(token.as_bytes(), ip("::ffff:172.17.0.2"), NOW));
+        let mapped = key.issue(ip("::ffff:172.17.0.2"), 60, NOW);
+        assert!(key.is_valid(mapped.as_bytes(), ip("172.17.0.2"), NOW));
+        for other in ["::172.17.0.2", "64:ff9b::172.17.0.2", "::ffff:172.17.0.3"] {
+            assert!(
+                !key.is_valid(token.as_bytes(), ip(other), NOW),
+                "another caller: {other}"
+            );
+        }
+    }
+
     #[test]
     fn forged_and_malformed_tokens_are_refused() {
         let key = TokenKey::random();

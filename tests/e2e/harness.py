@@ -212,6 +212,8 @@ class Network:
     id: str
     subnet: ipaddress.IPv4Network
     gateway: str
+    subnet6: ipaddress.IPv6Network | None = None   # an --ipv6 network's ULA /64
+    gateway6: str | None = None
 
 
 @dataclass
@@ -356,12 +358,19 @@ class FakeUpstream:
 class Proxy(LogFile):
     """The ec2metaproxy daemon under test, on the host, listening on the gateway IP."""
 
-    def __init__(self, run: "Run", listen_ip: str, config: dict, env: dict, name: str = "proxy"):
+    def __init__(self, run: "Run", listen_ip: str, config: dict, env: dict, name: str = "proxy",
+                 also_ips: list[str] = (), mapped: bool = False):
         self.run = run
         self.name = name
         self.ip = listen_ip
         self.port = free_port(listen_ip)
-        self.config = dict(config, listen=f"{listen_ip}:{self.port}")
+        # `also_ips` (IPv6 ones, say): the same port there too, a `listen` list.
+        # `mapped`: the IPv4 address spelt as IPv6 (::ffff:a.b.c.d), so the
+        # proxy's socket is an IPv6 one, as a dual-stack [::] listener is.
+        first = f"[::ffff:{listen_ip}]:{self.port}" if mapped else f"{listen_ip}:{self.port}"
+        self.listen = [first] + [
+            f"[{ip}]:{self.port}" if ":" in ip else f"{ip}:{self.port}" for ip in also_ips]
+        self.config = dict(config, listen=self.listen[0] if len(self.listen) == 1 else self.listen)
         self.config_path = run.tmp / f"{name}.json"
         self.config_path.write_text(json.dumps(self.config, indent=2))
         self.log_path = run.tmp / f"{name}.log"
@@ -388,7 +397,7 @@ class Proxy(LogFile):
     def rewrite_config(self, config: dict) -> None:
         """Replace the config file the way editors and config managers do: write a
         new file beside it and rename it over the old one. `listen` is kept."""
-        self.config = dict(config, listen=f"{self.ip}:{self.port}")
+        self.config = dict(config, listen=self.listen[0] if len(self.listen) == 1 else self.listen)
         tmp = self.config_path.with_suffix(".json.new")
         tmp.write_text(json.dumps(self.config, indent=2))
         os.replace(tmp, self.config_path)
@@ -585,9 +594,33 @@ class Run:
                     pass
         return used
 
-    def create_network(self, suffix: str = "net") -> Network:
-        """A bridge network on a free /24; the first one made is `self.network`
-        (where the proxy, moto and the fake upstream listen)."""
+    @staticmethod
+    def _used_subnets6() -> list[ipaddress.IPv6Network]:
+        used = []
+        for cmd in (["ip", "-6", "route", "show", "table", "all"], ["ip", "-6", "-o", "addr"]):
+            for tok in re.findall(r"\b([0-9a-f]{1,4}(?::[0-9a-f]{0,4}){2,7}/\d+)",
+                                  sh(cmd, check=False).stdout):
+                try:
+                    used.append(ipaddress.ip_network(tok, strict=False))
+                except ValueError:
+                    pass
+        ids = sh(["docker", "network", "ls", "-q"]).stdout.split()
+        if ids:
+            out = sh(["docker", "network", "inspect", "--format",
+                      "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *ids]).stdout
+            for tok in out.split():
+                try:
+                    net = ipaddress.ip_network(tok, strict=False)
+                    if net.version == 6:
+                        used.append(net)
+                except ValueError:
+                    pass
+        return used
+
+    def create_network(self, suffix: str = "net", ipv6: bool = False) -> Network:
+        """A bridge network on a free /24 (and, with `ipv6`, a free random ULA
+        /64 too: `docker network create --ipv6`); the first one made is
+        `self.network` (where the proxy, moto and the fake upstream listen)."""
         name = f"{self.prefix}-{suffix}"
         last_err = ""
         for _attempt in range(20):
@@ -597,18 +630,29 @@ class Run:
             if any(subnet.overlaps(u) for u in used):
                 continue
             gateway = str(subnet.network_address + 1)
+            extra: list[str] = []
+            subnet6 = gateway6 = None
+            if ipv6:
+                subnet6 = ipaddress.ip_network(
+                    f"fd{random.randrange(0, 256):02x}:{random.randrange(0, 65536):x}:"
+                    f"{random.randrange(0, 65536):x}:{random.randrange(0, 65536):x}::/64")
+                if any(subnet6.overlaps(u) for u in self._used_subnets6()):
+                    continue
+                gateway6 = str(subnet6.network_address + 1)
+                extra = ["--ipv6", "--subnet", str(subnet6), "--gateway", gateway6]
             cp = sh(["docker", "network", "create", "--driver", "bridge",
-                     "--subnet", str(subnet), "--gateway", gateway,
+                     "--subnet", str(subnet), "--gateway", gateway, *extra,
                      "--label", f"{RUN_LABEL}={self.runid}", name], check=False)
             if cp.returncode == 0:
-                net = Network(name, cp.stdout.strip(), subnet, gateway)
+                net = Network(name, cp.stdout.strip(), subnet, gateway, subnet6, gateway6)
                 if self.network is None:
                     self.network = net
                 self.cleanup.push(lambda: sh(["docker", "network", "rm", name], check=False),
                                   "remove network")
                 # Runs before the network removal (LIFO): containers first.
                 self.cleanup.push(self.remove_all_containers, "remove containers")
-                log(f"network {name} {subnet} gateway {gateway}")
+                log(f"network {name} {subnet} gateway {gateway}"
+                    + (f", {subnet6} gateway {gateway6}" if ipv6 else ""))
                 return net
             last_err = cp.stderr  # e.g. a concurrent run took the pool: try another
         raise RuntimeError(f"could not create a test network: {last_err}")
@@ -882,9 +926,10 @@ print(json.dumps({"arn": arn, "access_key_id": f.access_key, "secret_access_key"
                   "method": c.method}))
 """
 
-    def boto3(self, c: Container, timeout: float = 60) -> ClientResult:
+    def boto3(self, c: Container, timeout: float = 60, env: dict | None = None) -> ClientResult:
+        """`env`: variables added to the client's environment."""
         argv = [sys.executable, "-c", self.BOTO3_SCRIPT]
-        cp = self.in_netns(c, argv, timeout=timeout)
+        cp = self.in_netns(c, argv, timeout=timeout, env=dict(self.client_env(), **(env or {})))
         stdout = cp.stdout
         res = ClientResult("boto3", [sys.executable, "-c", "<boto3 get_caller_identity>"],
                            cp.returncode, stdout, cp.stderr)
@@ -903,9 +948,10 @@ print(json.dumps({"arn": arn, "access_key_id": f.access_key, "secret_access_key"
                 pass
         return res
 
-    def rust_client(self, c: Container, imds_only: bool = False, timeout: float = 60) -> ClientResult:
+    def rust_client(self, c: Container, imds_only: bool = False, timeout: float = 60,
+                    env: dict | None = None) -> ClientResult:
         argv = [str(imds_client_bin())] + (["--imds"] if imds_only else [])
-        cp = self.in_netns(c, argv, timeout=timeout)
+        cp = self.in_netns(c, argv, timeout=timeout, env=dict(self.client_env(), **(env or {})))
         res = ClientResult("imds_client", argv, cp.returncode, cp.stdout, cp.stderr)
         kv = dict(line.split("=", 1) for line in cp.stdout.splitlines() if "=" in line)
         res.arn = kv.get("arn") or None

@@ -5,6 +5,7 @@
 #   test_firewall*.py  scripts/setup-firewall.sh on a test bridge: a container's
 #                      plain request to 169.254.169.254 reaches the proxy
 #                      (target/debug/ec2metaproxy) through the host's DNAT
+#   test_firewall_ipv6.py  its ip6tables part: [fd00:ec2::254] on a --ipv6 bridge
 #   test_antispoof.py  setup-firewall.sh --anti-spoof (--follow): a container
 #                      with Docker's default capabilities cannot wear a
 #                      neighbour's address on the test bridge (nftables)

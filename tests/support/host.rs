@@ -20,7 +20,7 @@ use ec2metaproxy::imds::Imds;
 use ec2metaproxy::platform::index::ContainerIndex;
 use ec2metaproxy::platform::mapping::StaticMappings;
 use ec2metaproxy::reload::Live;
-use ec2metaproxy::server::{serve, Limits};
+use ec2metaproxy::server::{serve, serve_all, Limits};
 
 use super::docker::{container, synced, FakeDocker, InitProcess};
 use super::exchange::{head, parse, Answer};
@@ -176,6 +176,35 @@ impl Host {
     pub async fn listen(&self, limits: Limits) -> Listening {
         listen(self.imds.clone(), limits).await
     }
+
+    /// The proxy served on every address of `binds` at once (`"[::1]:0"`,
+    /// ...), as `main` serves a `listen` list; `addrs` in the same order.
+    pub async fn listen_all(&self, binds: &[&str]) -> ListeningAll {
+        let mut listeners = Vec::new();
+        for bind in binds {
+            let listener = TcpListener::bind(bind)
+                .await
+                .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+            listeners.push(listener);
+        }
+        let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve_all(
+            listeners,
+            self.imds.clone(),
+            Limits::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        ListeningAll { addrs, _stop: stop }
+    }
+}
+
+/// Listeners served until this is dropped.
+pub struct ListeningAll {
+    pub addrs: Vec<SocketAddr>,
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl HostBuilder {
