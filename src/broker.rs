@@ -16,7 +16,7 @@ use crate::credentials::{CredentialCache, Held, RoleRequest};
 use crate::platform::index::{ContainerIndex, IndexChange};
 use crate::platform::mapping::StaticMappings;
 use crate::roles::{
-    assign, container_session, Assignment, RoleArn, RoleError, RoleLookup, RoleMap,
+    alias_hint, assign, container_session, Assignment, RoleArn, RoleError, RoleLookup, RoleMap,
 };
 use crate::sys::process::Connection;
 
@@ -243,9 +243,16 @@ impl Broker {
         assignment: &Assignment,
         now: SystemTime,
     ) -> Result<Held, StsError> {
-        self.credentials
-            .get_held(&role_request(assignment), now)
-            .await
+        let request = role_request(assignment);
+        let result = self.credentials.get_held(&request, now).await;
+        if !request.tags.is_empty() || request.source_identity.is_some() {
+            self.credentials.note_tagging(
+                &assignment.role.alias,
+                &request,
+                result.as_ref().map(|_| ()),
+            );
+        }
+        result
     }
 
     /// Fetches a container's credentials ahead of its first request, so that
@@ -257,7 +264,15 @@ impl Broker {
             return;
         };
         let request = role_request(&assignment);
-        match self.credentials.get(&request, SystemTime::now()).await {
+        let result = self.credentials.get(&request, SystemTime::now()).await;
+        if !request.tags.is_empty() || request.source_identity.is_some() {
+            self.credentials.note_tagging(
+                &assignment.role.alias,
+                &request,
+                result.as_ref().map(|_| ()),
+            );
+        }
+        match result {
             Ok(_) => log::debug!(
                 "prefetched credentials of {} for container {}",
                 request.role_arn,
@@ -272,8 +287,11 @@ impl Broker {
     /// `roleSessionKey` is forgotten too.
     pub fn forget(&self, container: &Container) {
         let roles = self.roles.load();
+        let Some(role) = alias_hint(&roles, container) else {
+            return;
+        };
         self.credentials
-            .forget_session(&container_session(&roles, container));
+            .forget_session(&container_session(&roles, container, role));
     }
 }
 
@@ -318,6 +336,9 @@ fn role_request(assignment: &Assignment) -> RoleRequest {
         session_name: assignment.session_name.clone(),
         external_id: assignment.external_id.clone(),
         duration: assignment.role.duration,
+        tags: assignment.tags.clone(),
+        transitive_tag_keys: assignment.transitive_tag_keys.clone(),
+        source_identity: assignment.source_identity.clone(),
     }
 }
 
@@ -367,6 +388,8 @@ mod tests {
             account_map: Default::default(),
             default_account: None,
             session_key: None,
+            tagging: Default::default(),
+            host: Default::default(),
         };
         Broker::new(
             ContainerIndex::fixed(vec![container]),

@@ -8,6 +8,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use crate::container::{session_name, Container, POLICY_LABEL, ROLE_ALIAS_LABEL};
+use crate::tagging::{Facts, HostFacts, Tagging};
 
 /// A parsed IAM role ARN: `arn:PARTITION:iam::ACCOUNT:role/PATH/NAME`.
 #[derive(Clone, PartialEq, Eq)]
@@ -102,6 +103,9 @@ pub struct Role {
     pub external_id: Option<Arc<str>>,
     pub policy: Option<Arc<str>>,
     pub duration: Option<Duration>,
+    /// The alias's own tagging settings, already laid over the global
+    /// ones; `None`: the global ones.
+    pub tagging: Option<Arc<Tagging>>,
 }
 
 impl Role {
@@ -112,6 +116,7 @@ impl Role {
             external_id: None,
             policy: None,
             duration: None,
+            tagging: None,
         }
     }
 }
@@ -131,6 +136,10 @@ pub struct RoleMap {
     pub account_map: HashMap<String, String>,
     pub default_account: Option<String>,
     pub session_key: Option<SessionKey>,
+    /// `sessionTags`, `transitiveTagKeys`, `sourceIdentity`, `roleSessionName`.
+    pub tagging: Arc<Tagging>,
+    /// `{hostname}` and `{instanceId}` of the templates.
+    pub host: Arc<HostFacts>,
 }
 
 impl RoleMap {
@@ -190,6 +199,10 @@ pub struct Assignment {
     pub policy: Option<Arc<str>>,
     pub external_id: Option<Arc<str>>,
     pub session_name: Arc<str>,
+    /// Session tags, cleaned to STS's rules; empty when none are configured.
+    pub tags: Arc<[(Arc<str>, Arc<str>)]>,
+    pub transitive_tag_keys: Arc<[Arc<str>]>,
+    pub source_identity: Option<Arc<str>>,
 }
 
 /// Resolves a bare role name to its ARN (IAM GetRole), for unmapped roles
@@ -268,18 +281,50 @@ pub async fn assign(
         .then(|| container.env.get(EXTERNAL_ID_ENV))
         .flatten()
         .map(|id| Arc::from(id.as_str()));
+    let tagging = role.tagging.as_deref().unwrap_or(&roles.tagging);
+    let facts = Facts {
+        container,
+        alias: &role.alias,
+        host: &roles.host,
+    };
+    let tags: Arc<[(Arc<str>, Arc<str>)]> = tagging.render_tags(&facts).into();
     Ok(Assignment {
         external_id: role.external_id.clone().or(container_external_id),
         policy,
-        session_name: container_session(roles, container),
+        session_name: container_session(roles, container, &role),
+        transitive_tag_keys: tagging.render_transitive(&tags).into(),
+        source_identity: tagging.render_source_identity(&facts),
+        tags,
         role,
     })
 }
 
-/// The STS session name for a container: from `roleSessionKey`'s label or
-/// variable when set and present, else the container's name and short ID.
-/// One place, so the cache can forget exactly the sessions a container used.
-pub fn container_session(roles: &RoleMap, container: &Container) -> Arc<str> {
+/// The alias a container names without asking IAM: its label, its
+/// environment's alias, else the default. Enough to derive its session
+/// name when it is gone.
+pub fn alias_hint<'a>(roles: &'a RoleMap, container: &Container) -> Option<&'a Arc<Role>> {
+    match container.labels.get(ROLE_ALIAS_LABEL) {
+        Some(alias) => roles.get(alias),
+        None => env_role(roles, container)
+            .and_then(|(_, value)| roles.get(value))
+            .or_else(|| roles.get(&roles.default_alias)),
+    }
+}
+
+/// The STS session name for a container: from the `roleSessionName`
+/// template when set; else from `roleSessionKey`'s label or variable when
+/// set and present; else the container's name and short ID. One place, so
+/// the cache can forget exactly the sessions a container used.
+pub fn container_session(roles: &RoleMap, container: &Container, role: &Role) -> Arc<str> {
+    let tagging = role.tagging.as_deref().unwrap_or(&roles.tagging);
+    let facts = Facts {
+        container,
+        alias: &role.alias,
+        host: &roles.host,
+    };
+    if let Some(name) = tagging.render_session_name(&facts) {
+        return name;
+    }
     let chosen = match &roles.session_key {
         Some(SessionKey::Label(name)) => container.labels.get(name),
         Some(SessionKey::Env(name)) => container.env.get(name),

@@ -29,6 +29,78 @@ pub struct RoleRequest {
     pub external_id: Option<Arc<str>>,
     /// The alias's own session duration; the config's `sessionDuration` when `None`.
     pub duration: Option<Duration>,
+    /// Session tags and SourceIdentity are part of the key: a change of
+    /// either gives a new session, never the old one's credentials.
+    pub tags: Arc<[(Arc<str>, Arc<str>)]>,
+    pub transitive_tag_keys: Arc<[Arc<str>]>,
+    pub source_identity: Option<Arc<str>>,
+}
+
+/// Why STS refused a tagged AssumeRole, when the tags are the cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TaggingCause {
+    /// The trust policy does not allow `sts:TagSession`.
+    TagSession,
+    /// The trust policy does not allow `sts:SetSourceIdentity`.
+    SetSourceIdentity,
+    /// The tags and session policy, packed, are over STS's size.
+    PackedPolicyTooLarge,
+}
+
+impl TaggingCause {
+    /// The cause of `error`, when `request` carried what it names. STS
+    /// names the action it refused in AccessDenied's message.
+    pub fn of(error: &StsError, request: &RoleRequest) -> Option<TaggingCause> {
+        let tagged = !request.tags.is_empty();
+        match error.code.as_str() {
+            "PackedPolicyTooLarge" if tagged => Some(TaggingCause::PackedPolicyTooLarge),
+            "AccessDenied" if tagged && error.message.contains("sts:TagSession") => {
+                Some(TaggingCause::TagSession)
+            }
+            "AccessDenied"
+                if request.source_identity.is_some()
+                    && error.message.contains("sts:SetSourceIdentity") =>
+            {
+                Some(TaggingCause::SetSourceIdentity)
+            }
+            _ => None,
+        }
+    }
+
+    /// The metric's `cause` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TaggingCause::TagSession => "TagSession",
+            TaggingCause::SetSourceIdentity => "SetSourceIdentity",
+            TaggingCause::PackedPolicyTooLarge => "PackedPolicyTooLarge",
+        }
+    }
+
+    /// What the operator does about it.
+    pub fn fix(self, role_arn: &RoleArn) -> String {
+        match self {
+            TaggingCause::TagSession | TaggingCause::SetSourceIdentity => format!(
+                "add \"sts:{}\" to the Action of the trust policy statement of {role_arn} that allows sts:AssumeRole (\"Action\": [\"sts:AssumeRole\", \"sts:TagSession\", \"sts:SetSourceIdentity\"]), or turn {} off",
+                self.label(),
+                match self {
+                    TaggingCause::TagSession => "sessionTags",
+                    _ => "sourceIdentity",
+                }
+            ),
+            TaggingCause::PackedPolicyTooLarge => format!(
+                "the session tags and session policy of {role_arn} are too large once packed: send fewer or shorter tags (sessionTags) or a shorter policy"
+            ),
+        }
+    }
+}
+
+/// Tagging refusals still in force, by alias: logged once each, shown by
+/// `/readyz` until a tagged AssumeRole of the alias succeeds.
+#[derive(Default)]
+struct TaggingFailures {
+    /// How many are in force, read first so a success costs no lock.
+    count: std::sync::atomic::AtomicUsize,
+    by_alias: std::sync::Mutex<std::collections::BTreeMap<(String, TaggingCause), String>>,
 }
 
 /// When to refresh and what may still be served, from the session duration.
@@ -139,6 +211,7 @@ pub struct CredentialCache {
     slots: RwLock<crate::FastHashMap<RoleRequest, Arc<Slot>>>,
     /// The last AssumeRole got no answer at all (network, DNS, timeout).
     sts_unreachable: AtomicBool,
+    tagging_failures: TaggingFailures,
 }
 
 /// Keeps the slots `keep` accepts. A slot that leaves the cache has its
@@ -163,6 +236,55 @@ impl CredentialCache {
             timing,
             slots: RwLock::new(Default::default()),
             sts_unreachable: AtomicBool::new(false),
+            tagging_failures: TaggingFailures::default(),
+        }
+    }
+
+    /// Records the outcome of a request of `alias` for its tagging: a
+    /// refusal caused by the tags is counted, logged once per alias and
+    /// cause with its fix, and shown by [`ready`](Self::ready) until a
+    /// request of the alias succeeds.
+    pub fn note_tagging(&self, alias: &str, request: &RoleRequest, result: Result<(), &StsError>) {
+        let failures = &self.tagging_failures;
+        match result {
+            Ok(()) => {
+                if failures.count.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                let mut by_alias = failures
+                    .by_alias
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                by_alias.retain(|(failed, _), _| failed != alias);
+                failures.count.store(by_alias.len(), Ordering::Relaxed);
+            }
+            Err(error) => {
+                let Some(cause) = TaggingCause::of(error, request) else {
+                    return;
+                };
+                metrics()
+                    .sts_tagging_errors
+                    .with_label_values(&[alias, cause.label()])
+                    .inc();
+                let mut by_alias = failures
+                    .by_alias
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if by_alias.contains_key(&(alias.to_string(), cause)) {
+                    return;
+                }
+                let fix = cause.fix(&request.role_arn);
+                log::error!(
+                    "alias {alias}: STS refused the session's {} ({}); no untagged credentials are served. Fix: {fix}",
+                    match cause {
+                        TaggingCause::SetSourceIdentity => "SourceIdentity",
+                        TaggingCause::TagSession | TaggingCause::PackedPolicyTooLarge => "tags",
+                    },
+                    error.code,
+                );
+                by_alias.insert((alias.to_string(), cause), fix);
+                failures.count.store(by_alias.len(), Ordering::Relaxed);
+            }
         }
     }
 
@@ -176,10 +298,25 @@ impl CredentialCache {
             .values()
             .any(|slot| slot.current.load().is_some());
         if self.sts_unreachable.load(Ordering::Relaxed) && !any_cached {
-            Err("STS cannot be called (network, or the proxy's own credentials) and no credentials are cached".into())
-        } else {
-            Ok(())
+            return Err("STS cannot be called (network, or the proxy's own credentials) and no credentials are cached".into());
         }
+        if self.tagging_failures.count.load(Ordering::Relaxed) > 0 {
+            let by_alias = self
+                .tagging_failures
+                .by_alias
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let causes: Vec<String> = by_alias
+                .iter()
+                .map(|((alias, cause), fix)| {
+                    format!("alias {alias}: STS refused {}: {fix}", cause.label())
+                })
+                .collect();
+            if !causes.is_empty() {
+                return Err(causes.join("; "));
+            }
+        }
+        Ok(())
     }
 
     pub fn timing(&self) -> Timing {
@@ -512,6 +649,9 @@ mod tests {
             session_name: Arc::from(session),
             external_id: None,
             duration: None,
+            tags: Arc::from([]),
+            transitive_tag_keys: Arc::from([]),
+            source_identity: None,
         }
     }
 
