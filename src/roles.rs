@@ -718,4 +718,68 @@ mod tests {
             "build-42-x"
         );
     }
+
+    #[tokio::test]
+    async fn tags_source_identity_and_session_name_come_from_the_container() {
+        let roles = Config::parse(
+            r#"{"aliasToARN": {"d": "arn:aws:iam::123456789012:role/D",
+                               "ci": {"arn": "arn:aws:iam::123456789012:role/CI",
+                                      "roleSessionName": "ci-{shortId}"}},
+                "defaultAlias": "d", "roleSessionKey": "Labels:user",
+                "sessionTags": {"project": "{composeProject}", "service": "{composeService}",
+                                "container": "{name}", "alias": "{alias}"},
+                "transitiveTagKeys": ["project"],
+                "sourceIdentity": "{composeService}"}"#,
+            "t",
+        )
+        .unwrap()
+        .roles();
+        let compose = container(&[
+            ("com.docker.compose.project", "shop"),
+            ("com.docker.compose.service", "api"),
+        ]);
+        let chosen = pick(&roles, &compose).await.unwrap();
+        let tags: Vec<(&str, &str)> = chosen.tags.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            tags,
+            [
+                ("alias", "d"),
+                ("container", "app"),
+                ("project", "shop"),
+                ("service", "api")
+            ]
+        );
+        assert_eq!(&*chosen.transitive_tag_keys, [Arc::from("project")]);
+        assert_eq!(chosen.source_identity.as_deref(), Some("api"));
+        assert_eq!(&*chosen.session_name, "app-0123456789ab");
+
+        // Unlabelled: no Compose tags, no transitive key, no SourceIdentity.
+        let plain = pick(&roles, &container(&[("user", "bob")])).await.unwrap();
+        let keys: Vec<&str> = plain.tags.iter().map(|(k, _)| &**k).collect();
+        assert_eq!(keys, ["alias", "container"]);
+        assert!(plain.transitive_tag_keys.is_empty());
+        assert_eq!(plain.source_identity, None);
+        assert_eq!(&*plain.session_name, "bob", "roleSessionKey still applies");
+
+        // The alias's roleSessionName wins over roleSessionKey.
+        let ci = pick(
+            &roles,
+            &container(&[(ROLE_ALIAS_LABEL, "ci"), ("user", "bob")]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(&*ci.session_name, "ci-0123456789ab");
+        assert_eq!(
+            container_session(&roles, &container(&[(ROLE_ALIAS_LABEL, "ci")]), &ci.role),
+            ci.session_name,
+            "a container that is gone is forgotten under the same name"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_tagging_keys_nothing_is_sent() {
+        let chosen = pick(&roles(), &container(&[])).await.unwrap();
+        assert!(chosen.tags.is_empty() && chosen.transitive_tag_keys.is_empty());
+        assert_eq!(chosen.source_identity, None);
+    }
 }

@@ -680,6 +680,121 @@ mod tests {
         assert_eq!(short.refresh_ahead, Duration::from_secs(600));
     }
 
+    fn tagged(session: &str, service: &str, identity: Option<&str>) -> RoleRequest {
+        RoleRequest {
+            tags: Arc::from([(Arc::from("service"), Arc::from(service))]),
+            transitive_tag_keys: Arc::from([Arc::from("service")]),
+            source_identity: identity.map(Arc::from),
+            ..request(session)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_of_tags_or_source_identity_gives_a_new_session() {
+        let sts = CountingSts::new(Duration::ZERO);
+        let cache = CredentialCache::new(sts.clone(), Timing::for_duration(HOUR));
+        let first = cache.get(&tagged("a", "api", None), at(0)).await.unwrap();
+        let again = cache.get(&tagged("a", "api", None), at(1)).await.unwrap();
+        assert_eq!(first.access_key_id, again.access_key_id);
+        assert_eq!(sts.calls(), 1);
+        let other_tag = cache.get(&tagged("a", "web", None), at(2)).await.unwrap();
+        let other_identity = cache
+            .get(&tagged("a", "api", Some("alice")), at(3))
+            .await
+            .unwrap();
+        let untagged = cache.get(&request("a"), at(4)).await.unwrap();
+        assert_eq!(sts.calls(), 4);
+        let keys = [
+            &first.access_key_id,
+            &other_tag.access_key_id,
+            &other_identity.access_key_id,
+            &untagged.access_key_id,
+        ];
+        assert!(keys.iter().enumerate().all(|(i, k)| !keys[..i].contains(k)));
+    }
+
+    fn refusal(code: &str, message: &str) -> StsError {
+        StsError {
+            role_arn: "arn:aws:iam::123456789012:role/R".into(),
+            session_name: "s".into(),
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    const NO_TAG_SESSION: &str = "User: arn:aws:sts::123456789012:assumed-role/host/i-1 is not authorized to perform: sts:TagSession on resource: arn:aws:iam::123456789012:role/R";
+
+    #[test]
+    fn refusals_are_blamed_on_tagging_only_when_sts_names_it() {
+        let tags = tagged("a", "api", None);
+        let identity = RoleRequest {
+            source_identity: Some(Arc::from("alice")),
+            ..request("a")
+        };
+        let cases = [
+            (
+                "AccessDenied",
+                NO_TAG_SESSION,
+                &tags,
+                Some(TaggingCause::TagSession),
+            ),
+            ("AccessDenied", NO_TAG_SESSION, &identity, None),
+            (
+                "AccessDenied",
+                "not authorized to perform: sts:SetSourceIdentity",
+                &identity,
+                Some(TaggingCause::SetSourceIdentity),
+            ),
+            (
+                "PackedPolicyTooLarge",
+                "Packed size 103%",
+                &tags,
+                Some(TaggingCause::PackedPolicyTooLarge),
+            ),
+            (
+                "AccessDenied",
+                "not authorized to perform: sts:AssumeRole",
+                &tags,
+                None,
+            ),
+            ("Throttling", "Rate exceeded", &tags, None),
+        ];
+        for (code, message, request, expected) in cases {
+            assert_eq!(
+                TaggingCause::of(&refusal(code, message), request),
+                expected,
+                "{code}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tagging_refusal_shows_in_readiness_and_the_metric_until_the_alias_succeeds() {
+        let cache =
+            CredentialCache::new(CountingSts::new(Duration::ZERO), Timing::for_duration(HOUR));
+        let request = tagged("a", "api", None);
+        let counted = || {
+            metrics()
+                .sts_tagging_errors
+                .with_label_values(&["tagged-alias", "TagSession"])
+                .get()
+        };
+        let before = counted();
+        let denied = refusal("AccessDenied", NO_TAG_SESSION);
+        cache.note_tagging("tagged-alias", &request, Err(&denied));
+        cache.note_tagging("tagged-alias", &request, Err(&denied));
+        assert_eq!(counted() - before, 2);
+        let why = cache.ready().unwrap_err();
+        assert!(why.starts_with("alias tagged-alias: STS refused TagSession: add \"sts:TagSession\" to the Action of the trust policy statement of arn:aws:iam::123456789012:role/R"), "{why}");
+        cache.note_tagging("other", &request, Ok(()));
+        assert!(
+            cache.ready().is_err(),
+            "another alias's success changes nothing"
+        );
+        cache.note_tagging("tagged-alias", &request, Ok(()));
+        assert_eq!(cache.ready(), Ok(()));
+    }
+
     /// The fake STS's delays are tokio time: on the paused clock they
     /// overlap or queue exactly as they would, in no real time.
     #[tokio::test(start_paused = true)]
