@@ -287,12 +287,12 @@ pub async fn assign(
         alias: &role.alias,
         host: &roles.host,
     };
-    let tags: Arc<[(Arc<str>, Arc<str>)]> = tagging.render_tags(&facts).into();
+    let tags = tagging.render_tags(&facts);
     Ok(Assignment {
         external_id: role.external_id.clone().or(container_external_id),
         policy,
         session_name: container_session(roles, container, &role),
-        transitive_tag_keys: tagging.render_transitive(&tags).into(),
+        transitive_tag_keys: tagging.render_transitive(&tags),
         source_identity: tagging.render_source_identity(&facts),
         tags,
         role,

@@ -21,6 +21,9 @@ pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
 pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
 pub const SWARM_SERVICE_LABEL: &str = "com.docker.swarm.service.name";
 
+/// A session tag as sent: key and cleaned value.
+pub type Tag = (Arc<str>, Arc<str>);
+
 /// A value a template can name, as `{name}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -256,6 +259,30 @@ pub fn check_tag_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Empty lists, shared: untagged requests (the default) allocate nothing
+/// for their tags.
+trait Empty: Sized + 'static {
+    fn shared() -> &'static std::sync::OnceLock<Arc<[Self]>>;
+}
+
+impl Empty for Tag {
+    fn shared() -> &'static std::sync::OnceLock<Arc<[Self]>> {
+        static EMPTY: std::sync::OnceLock<Arc<[Tag]>> = std::sync::OnceLock::new();
+        &EMPTY
+    }
+}
+
+impl Empty for Arc<str> {
+    fn shared() -> &'static std::sync::OnceLock<Arc<[Self]>> {
+        static EMPTY: std::sync::OnceLock<Arc<[Arc<str>]>> = std::sync::OnceLock::new();
+        &EMPTY
+    }
+}
+
+fn none<T: Empty>() -> Arc<[T]> {
+    T::shared().get_or_init(|| Arc::from(Vec::new())).clone()
+}
+
 /// What AssumeRole is told about a container: the config's `sessionTags`,
 /// `transitiveTagKeys`, `sourceIdentity` and `roleSessionName`, globally
 /// or for one alias.
@@ -289,10 +316,11 @@ impl Tagging {
 
     /// The tags, cleaned; a tag whose value renders empty is left out
     /// (an unlabelled container has no Compose service to tell).
-    pub fn render_tags(&self, facts: &Facts<'_>) -> Vec<(Arc<str>, Arc<str>)> {
-        self.tags
-            .iter()
-            .flatten()
+    pub fn render_tags(&self, facts: &Facts<'_>) -> Arc<[(Arc<str>, Arc<str>)]> {
+        let Some(tags) = self.tags.as_ref().filter(|tags| !tags.is_empty()) else {
+            return none();
+        };
+        tags.iter()
             .filter_map(|(key, template)| {
                 let value = clean(&template.render(facts), MAX_TAG_VALUE, tag_char);
                 (!value.is_empty()).then(|| (key.clone(), Arc::from(value)))
@@ -303,10 +331,11 @@ impl Tagging {
 
     /// The transitive keys among the tags actually sent (STS refuses one
     /// that names no tag of the call).
-    pub fn render_transitive(&self, tags: &[(Arc<str>, Arc<str>)]) -> Vec<Arc<str>> {
-        self.transitive
-            .iter()
-            .flatten()
+    pub fn render_transitive(&self, tags: &[(Arc<str>, Arc<str>)]) -> Arc<[Arc<str>]> {
+        let Some(keys) = self.transitive.as_ref().filter(|keys| !keys.is_empty()) else {
+            return none();
+        };
+        keys.iter()
             .filter(|key| tags.iter().any(|(tag, _)| tag == *key))
             .cloned()
             .collect()
@@ -440,8 +469,14 @@ mod tests {
             host: &host,
         };
         let tags = global.render_tags(&facts);
-        assert_eq!(tags, vec![(Arc::from("team"), Arc::from("payments"))]);
-        assert_eq!(global.render_transitive(&tags), vec![Arc::from("team")]);
+        assert_eq!(&*tags, [(Arc::from("team"), Arc::from("payments"))]);
+        assert_eq!(&*global.render_transitive(&tags), [Arc::from("team")]);
+        let off = Tagging::default();
+        let (a, b) = (off.render_tags(&facts), off.render_tags(&facts));
+        assert!(
+            a.is_empty() && Arc::ptr_eq(&a, &b),
+            "untagged: one shared empty list"
+        );
         assert_eq!(
             global.render_source_identity(&facts).as_deref(),
             Some("web-1")
