@@ -15,9 +15,7 @@ use crate::credentials::sts::StsError;
 use crate::credentials::{CredentialCache, Held, RoleRequest};
 use crate::platform::index::{ContainerIndex, IndexChange};
 use crate::platform::mapping::StaticMappings;
-use crate::roles::{
-    alias_hint, assign, container_session, Assignment, RoleArn, RoleError, RoleLookup, RoleMap,
-};
+use crate::roles::{assign, Assignment, RoleArn, RoleError, RoleLookup, RoleMap};
 use crate::sys::process::Connection;
 
 /// One connection's caller, as the core knows it: the address it comes
@@ -282,16 +280,15 @@ impl Broker {
         }
     }
 
-    /// Forgets the credentials of a container that is gone.
-    /// The session is derived as `assign` derives it, so a session named by
-    /// `roleSessionKey` is forgotten too.
-    pub fn forget(&self, container: &Container) {
-        let roles = self.roles.load();
-        let Some(role) = alias_hint(&roles, container) else {
-            return;
-        };
-        self.credentials
-            .forget_session(&container_session(&roles, container, role));
+    /// Forgets the credentials of a container that is gone. Its session
+    /// is derived by `assign` itself, so a session named by
+    /// `roleSessionKey` or a `roleSessionName` template, and one with tags,
+    /// is forgotten too. A container that gets no role had no session.
+    pub async fn forget(&self, container: &Container) {
+        let roles = self.roles.load_full();
+        if let Ok(assignment) = assign(&roles, container, &*self.lookup).await {
+            self.credentials.forget_session(&assignment.session_name);
+        }
     }
 }
 
@@ -319,7 +316,7 @@ pub fn spawn_prefetcher(
                         drop(permit);
                     });
                 }
-                Ok(IndexChange::Gone(container)) => broker.forget(&container),
+                Ok(IndexChange::Gone(container)) => broker.forget(&container).await,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     log::warn!("prefetcher fell behind by {missed} container changes; they will be fetched on request")
                 }

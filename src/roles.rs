@@ -299,18 +299,6 @@ pub async fn assign(
     })
 }
 
-/// The alias a container names without asking IAM: its label, its
-/// environment's alias, else the default. Enough to derive its session
-/// name when it is gone.
-pub fn alias_hint<'a>(roles: &'a RoleMap, container: &Container) -> Option<&'a Arc<Role>> {
-    match container.labels.get(ROLE_ALIAS_LABEL) {
-        Some(alias) => roles.get(alias),
-        None => env_role(roles, container)
-            .and_then(|(_, value)| roles.get(value))
-            .or_else(|| roles.get(&roles.default_alias)),
-    }
-}
-
 /// The STS session name for a container: from the `roleSessionName`
 /// template when set; else from `roleSessionKey`'s label or variable when
 /// set and present; else the container's name and short ID. One place, so
