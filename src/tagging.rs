@@ -127,6 +127,10 @@ impl Template {
         })
     }
 
+    fn names(&self, source: Source) -> bool {
+        self.parts.contains(&Part::Value(source))
+    }
+
     fn has_sources(&self) -> bool {
         self.parts.iter().any(|part| matches!(part, Part::Value(_)))
     }
@@ -177,15 +181,28 @@ pub struct HostFacts {
     pub instance_id: String,
 }
 
+/// The instance ID the metadata service gave at start (see [`set_instance_id`]).
+static UPSTREAM_INSTANCE_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the host's instance ID, read once from the metadata service at
+/// start: it does not change while the process lives.
+pub fn set_instance_id(id: String) {
+    let _ = UPSTREAM_INSTANCE_ID.set(id);
+}
+
 impl HostFacts {
-    /// The kernel's host name, and the instance ID when one is known.
-    pub fn local(instance_id: Option<&str>) -> HostFacts {
+    /// The kernel's host name, and the instance ID: `local` (localMetadata's)
+    /// when given, else the metadata service's when it was read.
+    pub fn local(local: Option<&str>) -> HostFacts {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|name| name.trim().to_string())
             .unwrap_or_default();
+        let instance_id = local
+            .or(UPSTREAM_INSTANCE_ID.get().map(String::as_str))
+            .unwrap_or_default();
         HostFacts {
             hostname,
-            instance_id: instance_id.unwrap_or_default().to_string(),
+            instance_id: instance_id.to_string(),
         }
     }
 }
@@ -312,6 +329,17 @@ impl Tagging {
                 .clone()
                 .or_else(|| global.session_name.clone()),
         }
+    }
+
+    /// Whether any template here names `{instanceId}`.
+    pub fn names_instance_id(&self) -> bool {
+        self.tags
+            .iter()
+            .flatten()
+            .map(|(_, template)| template)
+            .chain(&self.source_identity)
+            .chain(&self.session_name)
+            .any(|template| template.names(Source::InstanceId))
     }
 
     /// The tags, cleaned; a tag whose value renders empty is left out

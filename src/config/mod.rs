@@ -185,6 +185,16 @@ impl Config {
         }
     }
 
+    /// Whether a tagging template names `{instanceId}`, globally or in an alias.
+    pub fn names_instance_id(&self) -> bool {
+        self.live.tagging.names_instance_id()
+            || self.live.aliases.values().any(|role| {
+                role.tagging
+                    .as_ref()
+                    .is_some_and(|tagging| tagging.names_instance_id())
+            })
+    }
+
     /// What the IMDS door reads per request; reload swaps in a new one.
     pub fn imds_settings(&self) -> imds::Settings {
         self.live.imds.clone()
@@ -685,6 +695,18 @@ mod tests {
         assert_eq!(b.tags, global.tags);
         assert_eq!(b.source_identity, global.source_identity);
         assert!(b.session_name.is_some() && global.session_name.is_none());
+        assert!(!on.names_instance_id() && !off.names_instance_id());
+        let in_alias = Config::parse(
+            r#"{"aliasToARN": {"a": {"arn": "arn:aws:iam::123456789012:role/A",
+                                     "sessionTags": {"host": "on {instanceId}"}}},
+                "defaultAlias": "a"}"#,
+            "t",
+        )
+        .unwrap();
+        assert!(
+            in_alias.names_instance_id(),
+            "only then is the metadata service asked"
+        );
     }
 
     #[test]

@@ -18,11 +18,12 @@ import pytest
 import harness
 from harness import ACCOUNT, CREDS_PATH, redact
 from migration_recorder import StsCall, StsRecorder
+from conftest import INSTANCE_ID
 from test_migration import Mig, role_arn
 
 ROLES = ["tags-default", "tags-web", "tags-denied"]
 TAGS = {"container": "{name}", "project": "{composeProject}", "service": "{composeService}",
-        "alias": "{alias}", "team": "payments"}
+        "alias": "{alias}", "team": "payments", "instance": "{instanceId}"}
 COMPOSE = {"com.docker.compose.project": "shop", "com.docker.compose.service": "api"}
 
 
@@ -77,12 +78,15 @@ def test_each_container_sends_its_own_tags_source_identity_and_session_name(tags
 
     call = _call_for(tags, p, compose, f"{compose.name}-{compose.id[:12]}")
     assert call.tags() == {"container": compose.name, "project": "shop", "service": "api",
-                           "alias": "default", "team": "payments"}, tags.ctx(p)
+                           "alias": "default", "team": "payments",
+                           "instance": INSTANCE_ID}, \
+        "the instance ID is the metadata service's, read at start" + tags.ctx(p)
     assert call.transitive_tag_keys() == ["project"], tags.ctx(p)
     assert call.get("SourceIdentity") == "api", tags.ctx(p)
 
     call = _call_for(tags, p, plain, f"{plain.name}-{plain.id[:12]}")
-    assert call.tags() == {"container": plain.name, "alias": "default", "team": "payments"}, \
+    assert call.tags() == {"container": plain.name, "alias": "default", "team": "payments",
+                           "instance": INSTANCE_ID}, \
         "no Compose labels: no project or service tag" + tags.ctx(p)
     assert call.transitive_tag_keys() == [], tags.ctx(p)
     assert call.get("SourceIdentity") is None, tags.ctx(p)
