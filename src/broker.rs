@@ -15,10 +15,7 @@ use crate::credentials::sts::StsError;
 use crate::credentials::{CredentialCache, Held, RoleRequest};
 use crate::platform::index::{ContainerIndex, IndexChange};
 use crate::platform::mapping::StaticMappings;
-use crate::roles::{
-    assign, container_session, grant_assignment, Assignment, RoleArn, RoleError, RoleLookup,
-    RoleMap,
-};
+use crate::roles::{assign, grant_assignment, Assignment, RoleArn, RoleError, RoleLookup, RoleMap};
 use crate::sys::process::Connection;
 
 /// One connection's caller, as the core knows it: the address it comes
@@ -255,9 +252,16 @@ impl Broker {
         assignment: &Assignment,
         now: SystemTime,
     ) -> Result<Held, StsError> {
-        self.credentials
-            .get_held(&role_request(assignment), now)
-            .await
+        let request = role_request(assignment);
+        let result = self.credentials.get_held(&request, now).await;
+        if !request.tags.is_empty() || request.source_identity.is_some() {
+            self.credentials.note_tagging(
+                &assignment.role.alias,
+                &request,
+                result.as_ref().map(|_| ()),
+            );
+        }
+        result
     }
 
     /// Fetches a container's credentials ahead of its first request, so that
@@ -269,7 +273,15 @@ impl Broker {
             return;
         };
         let request = role_request(&assignment);
-        match self.credentials.get(&request, SystemTime::now()).await {
+        let result = self.credentials.get(&request, SystemTime::now()).await;
+        if !request.tags.is_empty() || request.source_identity.is_some() {
+            self.credentials.note_tagging(
+                &assignment.role.alias,
+                &request,
+                result.as_ref().map(|_| ()),
+            );
+        }
+        match result {
             Ok(_) => log::debug!(
                 "prefetched credentials of {} for container {}",
                 request.role_arn,
@@ -279,13 +291,15 @@ impl Broker {
         }
     }
 
-    /// Forgets the credentials of a container that is gone.
-    /// The session is derived as `assign` derives it, so a session named by
-    /// `roleSessionKey` is forgotten too.
-    pub fn forget(&self, container: &Container) {
-        let roles = self.roles.load();
-        self.credentials
-            .forget_session(&container_session(&roles, container));
+    /// Forgets the credentials of a container that is gone. Its session
+    /// is derived by `assign` itself, so a session named by
+    /// `roleSessionKey` or a `roleSessionName` template, and one with tags,
+    /// is forgotten too. A container that gets no role had no session.
+    pub async fn forget(&self, container: &Container) {
+        let roles = self.roles.load_full();
+        if let Ok(assignment) = assign(&roles, container, &*self.lookup).await {
+            self.credentials.forget_session(&assignment.session_name);
+        }
     }
 }
 
@@ -313,7 +327,7 @@ pub fn spawn_prefetcher(
                         drop(permit);
                     });
                 }
-                Ok(IndexChange::Gone(container)) => broker.forget(&container),
+                Ok(IndexChange::Gone(container)) => broker.forget(&container).await,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     log::warn!("prefetcher fell behind by {missed} container changes; they will be fetched on request")
                 }
@@ -330,6 +344,9 @@ fn role_request(assignment: &Assignment) -> RoleRequest {
         session_name: assignment.session_name.clone(),
         external_id: assignment.external_id.clone(),
         duration: assignment.role.duration,
+        tags: assignment.tags.clone(),
+        transitive_tag_keys: assignment.transitive_tag_keys.clone(),
+        source_identity: assignment.source_identity.clone(),
     }
 }
 
@@ -379,6 +396,8 @@ mod tests {
             account_map: Default::default(),
             default_account: None,
             session_key: None,
+            tagging: Default::default(),
+            host: Default::default(),
         };
         Broker::new(
             ContainerIndex::fixed(vec![container]),

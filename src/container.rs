@@ -42,6 +42,8 @@ pub struct Container {
     /// Its `ec2metaproxy.Policy` label, parsed and normalised once here:
     /// the request path would otherwise parse the JSON on every request.
     pub policy_label: Option<Result<Arc<str>, String>>,
+    /// The image it was started from, as Docker names it; empty when unknown.
+    pub image: String,
 }
 
 /// What the proxy knows of a container's init process.
@@ -72,7 +74,13 @@ impl Container {
             session_name,
             env: StringMap::default(),
             process: Process::NotInspected,
+            image: String::new(),
         }
+    }
+
+    pub fn with_image(mut self, image: String) -> Container {
+        self.image = image;
+        self
     }
 
     pub fn with_process(mut self, process: Process) -> Container {

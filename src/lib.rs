@@ -5,7 +5,8 @@
 //! holds this, docs/ARCHITECTURE.md explains it):
 //! - L0 leaves: [`time`], [`sys`], [`metrics`], [`logging`]
 //! - L1: [`server`] (the generic listener), [`container`] (the shared model)
-//! - L2: [`platform`] (where callers come from), [`roles`] (which role they get)
+//! - L2: [`platform`] (where callers come from), [`roles`] (which role they get),
+//!   [`tagging`] (what CloudTrail and IAM policies see of a container)
 //! - L3: [`credentials`] (the STS cache)
 //! - L4: [`broker`] (the core every front door calls; knows no protocol)
 //! - L5 front doors: [`imds`], [`ccreds`], [`health`] (they know no config file)
@@ -26,6 +27,7 @@ pub mod reload;
 pub mod roles;
 pub mod server;
 pub mod sys;
+pub mod tagging;
 pub mod time;
 
 /// A hash map for the maps read on every request (containers by address,

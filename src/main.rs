@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use argh::FromArgs;
 
@@ -155,6 +156,41 @@ fn rotate_grant(config: &Config, name: &str) -> ExitCode {
     }
 }
 
+/// Reads the host's instance ID from the metadata service once, for the
+/// `{instanceId}` of tagging templates. Bounded: a host without one starts
+/// anyway, and the templates render it empty.
+async fn read_instance_id(url: &http::Uri) {
+    use http_body_util::BodyExt;
+    let upstream = ec2metaproxy::imds::upstream::Upstream::new(url);
+    let fetched = tokio::time::timeout(Duration::from_secs(3), async {
+        let response = upstream
+            .fetch(&http::Method::GET, "/latest/meta-data/instance-id")
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|_| Err("no answer within 3 s".into()));
+    match fetched {
+        Ok(id) => {
+            log::info!("instance ID {id} (for {{instanceId}} in tagging templates)");
+            ec2metaproxy::tagging::set_instance_id(id.trim().to_string());
+        }
+        Err(why) => log::warn!(
+            "cannot read the instance ID from {url} ({why}); {{instanceId}} in tagging templates is empty"
+        ),
+    }
+}
+
 async fn run(config: Config) -> ExitCode {
     let fixed = &config.fixed;
     let tokens = match TokenKey::load_or_create(&fixed.state_dir) {
@@ -255,6 +291,13 @@ async fn run(config: Config) -> ExitCode {
     let config_docker_host = fixed.docker_host.clone();
     let require_caller_proof = fixed.require_caller_proof;
     let metadata = config.metadata_source(&region);
+    if let Some(url) = fixed
+        .metadata_url
+        .as_ref()
+        .filter(|_| config.names_instance_id())
+    {
+        read_instance_id(url).await;
+    }
     let live = Arc::new(Live::new(config));
     if let Some(path) = source {
         if let Err(error) = ec2metaproxy::reload::spawn(path.clone(), live.clone()) {

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub latency: HistogramVec,
     pub sts_calls: IntCounterVec,
+    /// AssumeRole refusals caused by session tags or SourceIdentity.
+    pub sts_tagging_errors: IntCounterVec,
     pub cache: IntCounterVec,
     /// `cache{result="hit"}` and `{result="miss"}`, resolved once.
     pub cache_hits: IntCounter,
@@ -55,6 +57,14 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let sts_tagging_errors = IntCounterVec::new(
+            Opts::new(
+                "sts_tagging_errors_total",
+                "AssumeRole refusals caused by session tags or SourceIdentity, by alias and cause",
+            ),
+            &["alias", "cause"],
+        )
+        .expect("valid metric");
         let cache = IntCounterVec::new(
             Opts::new(
                 "credential_cache_total",
@@ -79,6 +89,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(sts_calls.clone()),
+            Box::new(sts_tagging_errors.clone()),
             Box::new(cache.clone()),
             Box::new(containers.clone()),
             Box::new(reloads.clone()),
@@ -91,6 +102,7 @@ impl Metrics {
             requests,
             latency,
             sts_calls,
+            sts_tagging_errors,
             cache_hits: cache.with_label_values(&["hit"]),
             cache_misses: cache.with_label_values(&["miss"]),
             cache,

@@ -8,6 +8,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use crate::container::{session_name, Container, POLICY_LABEL, ROLE_ALIAS_LABEL};
+use crate::tagging::{Facts, HostFacts, Tagging};
 
 /// A parsed IAM role ARN: `arn:PARTITION:iam::ACCOUNT:role/PATH/NAME`.
 #[derive(Clone, PartialEq, Eq)]
@@ -102,6 +103,9 @@ pub struct Role {
     pub external_id: Option<Arc<str>>,
     pub policy: Option<Arc<str>>,
     pub duration: Option<Duration>,
+    /// The alias's own tagging settings, already laid over the global
+    /// ones; `None`: the global ones.
+    pub tagging: Option<Arc<Tagging>>,
 }
 
 impl Role {
@@ -112,6 +116,7 @@ impl Role {
             external_id: None,
             policy: None,
             duration: None,
+            tagging: None,
         }
     }
 }
@@ -131,6 +136,10 @@ pub struct RoleMap {
     pub account_map: HashMap<String, String>,
     pub default_account: Option<String>,
     pub session_key: Option<SessionKey>,
+    /// `sessionTags`, `transitiveTagKeys`, `sourceIdentity`, `roleSessionName`.
+    pub tagging: Arc<Tagging>,
+    /// `{hostname}` and `{instanceId}` of the templates.
+    pub host: Arc<HostFacts>,
 }
 
 impl RoleMap {
@@ -190,6 +199,10 @@ pub struct Assignment {
     pub policy: Option<Arc<str>>,
     pub external_id: Option<Arc<str>>,
     pub session_name: Arc<str>,
+    /// Session tags, cleaned to STS's rules; empty when none are configured.
+    pub tags: Arc<[(Arc<str>, Arc<str>)]>,
+    pub transitive_tag_keys: Arc<[Arc<str>]>,
+    pub source_identity: Option<Arc<str>>,
 }
 
 /// Resolves a bare role name to its ARN (IAM GetRole), for unmapped roles
@@ -270,10 +283,20 @@ pub async fn assign(
         .then(|| container.env.get(EXTERNAL_ID_ENV))
         .flatten()
         .map(|id| Arc::from(id.as_str()));
+    let tagging = role.tagging.as_deref().unwrap_or(&roles.tagging);
+    let facts = Facts {
+        container,
+        alias: &role.alias,
+        host: &roles.host,
+    };
+    let tags = tagging.render_tags(&facts);
     Ok(Assignment {
         external_id: role.external_id.clone().or(container_external_id),
         policy,
-        session_name: container_session(roles, container),
+        session_name: container_session(roles, container, &role),
+        transitive_tag_keys: tagging.render_transitive(&tags),
+        source_identity: tagging.render_source_identity(&facts),
+        tags,
         role,
     })
 }
@@ -295,14 +318,28 @@ pub fn grant_assignment(
         policy: role.policy.clone().or_else(|| roles.default_policy.clone()),
         external_id: role.external_id.clone(),
         session_name: Arc::from(session_name(grant, "")),
+        // Tag templates speak of a container; a grant has none to render.
+        tags: Arc::from([]),
+        transitive_tag_keys: Arc::from([]),
+        source_identity: None,
         role,
     })
 }
 
-/// The STS session name for a container: from `roleSessionKey`'s label or
-/// variable when set and present, else the container's name and short ID.
-/// One place, so the cache can forget exactly the sessions a container used.
-pub fn container_session(roles: &RoleMap, container: &Container) -> Arc<str> {
+/// The STS session name for a container: from the `roleSessionName`
+/// template when set; else from `roleSessionKey`'s label or variable when
+/// set and present; else the container's name and short ID. One place, so
+/// the cache can forget exactly the sessions a container used.
+pub fn container_session(roles: &RoleMap, container: &Container, role: &Role) -> Arc<str> {
+    let tagging = role.tagging.as_deref().unwrap_or(&roles.tagging);
+    let facts = Facts {
+        container,
+        alias: &role.alias,
+        host: &roles.host,
+    };
+    if let Some(name) = tagging.render_session_name(&facts) {
+        return name;
+    }
     let chosen = match &roles.session_key {
         Some(SessionKey::Label(name)) => container.labels.get(name),
         Some(SessionKey::Env(name)) => container.env.get(name),
@@ -710,5 +747,69 @@ mod tests {
             &*pick(&from_env, &c).await.unwrap().session_name,
             "build-42-x"
         );
+    }
+
+    #[tokio::test]
+    async fn tags_source_identity_and_session_name_come_from_the_container() {
+        let roles = Config::parse(
+            r#"{"aliasToARN": {"d": "arn:aws:iam::123456789012:role/D",
+                               "ci": {"arn": "arn:aws:iam::123456789012:role/CI",
+                                      "roleSessionName": "ci-{shortId}"}},
+                "defaultAlias": "d", "roleSessionKey": "Labels:user",
+                "sessionTags": {"project": "{composeProject}", "service": "{composeService}",
+                                "container": "{name}", "alias": "{alias}"},
+                "transitiveTagKeys": ["project"],
+                "sourceIdentity": "{composeService}"}"#,
+            "t",
+        )
+        .unwrap()
+        .roles();
+        let compose = container(&[
+            ("com.docker.compose.project", "shop"),
+            ("com.docker.compose.service", "api"),
+        ]);
+        let chosen = pick(&roles, &compose).await.unwrap();
+        let tags: Vec<(&str, &str)> = chosen.tags.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            tags,
+            [
+                ("alias", "d"),
+                ("container", "app"),
+                ("project", "shop"),
+                ("service", "api")
+            ]
+        );
+        assert_eq!(&*chosen.transitive_tag_keys, [Arc::from("project")]);
+        assert_eq!(chosen.source_identity.as_deref(), Some("api"));
+        assert_eq!(&*chosen.session_name, "app-0123456789ab");
+
+        // Unlabelled: no Compose tags, no transitive key, no SourceIdentity.
+        let plain = pick(&roles, &container(&[("user", "bob")])).await.unwrap();
+        let keys: Vec<&str> = plain.tags.iter().map(|(k, _)| &**k).collect();
+        assert_eq!(keys, ["alias", "container"]);
+        assert!(plain.transitive_tag_keys.is_empty());
+        assert_eq!(plain.source_identity, None);
+        assert_eq!(&*plain.session_name, "bob", "roleSessionKey still applies");
+
+        // The alias's roleSessionName wins over roleSessionKey.
+        let ci = pick(
+            &roles,
+            &container(&[(ROLE_ALIAS_LABEL, "ci"), ("user", "bob")]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(&*ci.session_name, "ci-0123456789ab");
+        assert_eq!(
+            container_session(&roles, &container(&[(ROLE_ALIAS_LABEL, "ci")]), &ci.role),
+            ci.session_name,
+            "a container that is gone is forgotten under the same name"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_tagging_keys_nothing_is_sent() {
+        let chosen = pick(&roles(), &container(&[])).await.unwrap();
+        assert!(chosen.tags.is_empty() && chosen.transitive_tag_keys.is_empty());
+        assert_eq!(chosen.source_identity, None);
     }
 }

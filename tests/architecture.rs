@@ -25,7 +25,8 @@ const LAYERS: &[(u8, &str, &[&str])] = &[
     (1, "container", &[]),
     // Where callers come from; which role they get.
     (2, "platform", &[]),
-    (2, "roles", &[]),
+    (2, "roles", &["tagging"]),
+    (2, "tagging", &[]),
     // The STS cache.
     (3, "credentials", &[]),
     // The core every door calls.

@@ -180,6 +180,26 @@ async fn a_gone_containers_label_named_session_is_forgotten() {
     host.broker.prefetch(&labelled).await;
     assert_eq!(&*host.sts.calls.lock().unwrap()[0].session_name, "alice");
     assert_eq!(host.credentials.len(), 1);
-    host.broker.forget(&labelled);
+    host.broker.forget(&labelled).await;
+    assert_eq!(host.credentials.len(), 0);
+}
+
+/// The same for a session named by a `roleSessionName` template and
+/// carrying tags: the key forgotten is the one the container was served.
+#[tokio::test]
+async fn a_gone_containers_templated_and_tagged_session_is_forgotten() {
+    let tagged = container("gone", "10.9.0.9", &[("com.docker.compose.service", "api")]);
+    let host = Host::builder(ONE_ROLE)
+        .set(r#"{"roleSessionName": "{composeService}-{shortId}", "sessionTags": {"service": "{composeService}"}}"#)
+        .container(tagged.clone())
+        .sts_issues_at(SystemTime::now())
+        .start()
+        .await;
+    host.broker.prefetch(&tagged).await;
+    let sent = host.sts.calls.lock().unwrap()[0].clone();
+    assert!(sent.session_name.starts_with("api-"), "{sent:?}");
+    assert_eq!(&*sent.tags, [(Arc::from("service"), Arc::from("api"))]);
+    assert_eq!(host.credentials.len(), 1);
+    host.broker.forget(&tagged).await;
     assert_eq!(host.credentials.len(), 0);
 }

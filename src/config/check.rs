@@ -18,6 +18,10 @@ use crate::container::normalize_policy;
 use crate::imds;
 use crate::logging::LogFormat;
 use crate::roles::{is_account_id, Role, RoleArn, SessionKey};
+use crate::tagging::{
+    check_tag_key, identity_char, tag_char, Tagging, Template, MAX_SESSION_NAME,
+    MAX_SOURCE_IDENTITY, MAX_TAGS, MAX_TAG_VALUE, MIN_IDENTITY,
+};
 
 /// STS refuses AssumeRole durations outside 15 minutes ..= 12 hours.
 const MIN_SESSION_SECS: u64 = 900;
@@ -41,7 +45,17 @@ impl TryFrom<RawConfig> for Config {
     type Error = Invalid;
 
     fn try_from(raw: RawConfig) -> Result<Config, Invalid> {
-        let aliases = aliases(raw.alias_to_arn)?;
+        let tagging = Arc::new(tagging(
+            "",
+            RawTagging {
+                session_tags: raw.session_tags,
+                transitive_tag_keys: raw.transitive_tag_keys,
+                source_identity: raw.source_identity,
+                role_session_name: raw.role_session_name,
+            },
+            &Tagging::default(),
+        )?);
+        let aliases = aliases(raw.alias_to_arn, &tagging)?;
         let default_alias = raw.default_alias;
         if !aliases.contains_key(&default_alias) {
             let mut known: Vec<&str> = aliases.keys().map(String::as_str).collect();
@@ -162,6 +176,7 @@ impl TryFrom<RawConfig> for Config {
                     passthrough,
                     require_token: raw.require_token.unwrap_or(false),
                 },
+                tagging,
             },
             fixed: FixedConfig {
                 listen,
@@ -233,6 +248,7 @@ fn container_credentials(
 
 fn aliases(
     entries: std::collections::BTreeMap<String, RawAlias>,
+    global: &Tagging,
 ) -> Result<crate::FastHashMap<String, Arc<Role>>, Invalid> {
     if entries.is_empty() {
         return Err(invalid(
@@ -253,14 +269,14 @@ fn aliases(
                 alias.clone(),
                 RoleArn::parse(&arn).map_err(|problem| invalid(&key, problem))?,
             ),
-            RawAlias::Role(role) => role_object(&alias, &key, role)?,
+            RawAlias::Role(role) => role_object(&alias, &key, *role, global)?,
         };
         aliases.insert(alias, Arc::new(role));
     }
     Ok(aliases)
 }
 
-fn role_object(alias: &str, key: &str, raw: RawRole) -> Result<Role, Invalid> {
+fn role_object(alias: &str, key: &str, raw: RawRole, global: &Tagging) -> Result<Role, Invalid> {
     let field = |name: &str| format!("{key}.{name}");
     let arn = RoleArn::parse(&raw.arn).map_err(|problem| invalid(field("arn"), problem))?;
     let mut role = Role::new(alias.to_string(), arn);
@@ -279,7 +295,102 @@ fn role_object(alias: &str, key: &str, raw: RawRole) -> Result<Role, Invalid> {
         None => None,
         Some(secs) => Some(seconds(&field("durationSeconds"), secs)?),
     };
+    let own = RawTagging {
+        session_tags: raw.session_tags,
+        transitive_tag_keys: raw.transitive_tag_keys,
+        source_identity: raw.source_identity,
+        role_session_name: raw.role_session_name,
+    };
+    if !own.is_empty() {
+        role.tagging = Some(Arc::new(tagging(&format!("{key}."), own, global)?));
+    }
     Ok(role)
+}
+
+/// The tagging keys, globally or in one alias.
+struct RawTagging {
+    session_tags: Option<std::collections::BTreeMap<String, String>>,
+    transitive_tag_keys: Option<Vec<String>>,
+    source_identity: Option<String>,
+    role_session_name: Option<String>,
+}
+
+impl RawTagging {
+    fn is_empty(&self) -> bool {
+        self.session_tags.is_none()
+            && self.transitive_tag_keys.is_none()
+            && self.source_identity.is_none()
+            && self.role_session_name.is_none()
+    }
+}
+
+/// Checks the tagging keys under `prefix` (`""` or `aliasToARN.web.`) and
+/// lays them over `global`: templates that could never fit STS's rules are
+/// refused here rather than cut on every request.
+fn tagging(prefix: &str, raw: RawTagging, global: &Tagging) -> Result<Tagging, Invalid> {
+    let key = |name: &str| format!("{prefix}{name}");
+    let template = |name: &str, text: &str, max: usize, allowed: fn(char) -> bool| {
+        let template = Template::parse(text).map_err(|problem| invalid(key(name), problem))?;
+        template
+            .check(MIN_IDENTITY.min(max), max, allowed)
+            .map_err(|problem| invalid(key(name), problem))?;
+        Ok::<_, Invalid>(template)
+    };
+    let tags = match raw.session_tags {
+        None => None,
+        Some(entries) => {
+            if entries.len() > MAX_TAGS {
+                return Err(invalid(
+                    key("sessionTags"),
+                    format!("{} tags, over STS's {MAX_TAGS}", entries.len()),
+                ));
+            }
+            let mut tags = Vec::with_capacity(entries.len());
+            for (tag, text) in entries {
+                let name = format!("sessionTags.{tag}");
+                check_tag_key(&tag).map_err(|problem| invalid(key(&name), problem))?;
+                let value = Template::parse(&text).map_err(|p| invalid(key(&name), p))?;
+                value
+                    .check(0, MAX_TAG_VALUE, tag_char)
+                    .map_err(|p| invalid(key(&name), p))?;
+                tags.push((Arc::from(tag), value));
+            }
+            Some(tags)
+        }
+    };
+    let source_identity = raw
+        .source_identity
+        .map(|text| template("sourceIdentity", &text, MAX_SOURCE_IDENTITY, identity_char))
+        .transpose()?;
+    let session_name = raw
+        .role_session_name
+        .map(|text| template("roleSessionName", &text, MAX_SESSION_NAME, identity_char))
+        .transpose()?;
+    let transitive = raw
+        .transitive_tag_keys
+        .map(|keys| keys.into_iter().map(Arc::<str>::from).collect::<Vec<_>>());
+    let merged = Tagging {
+        tags,
+        transitive,
+        source_identity,
+        session_name,
+    }
+    .over(global);
+    // STS refuses a transitive key that names no tag of the call.
+    for transitive in merged.transitive.iter().flatten() {
+        let known = merged
+            .tags
+            .iter()
+            .flatten()
+            .any(|(tag, _)| tag == transitive);
+        if !known {
+            return Err(invalid(
+                key("transitiveTagKeys"),
+                format!("\"{transitive}\" is not a key of sessionTags"),
+            ));
+        }
+    }
+    Ok(merged)
 }
 
 fn policy(key: &str, value: Option<Value>) -> Result<Option<Arc<str>>, Invalid> {

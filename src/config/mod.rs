@@ -33,6 +33,7 @@ use crate::imds::local::{LocalMetadata, Overrides};
 use crate::imds::{self, MetadataSource};
 use crate::logging::LogFormat;
 use crate::roles::{Role, RoleMap, SessionKey};
+use crate::tagging::{HostFacts, Tagging};
 
 /// Where the Go fork and Docker itself expect the engine.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -95,6 +96,8 @@ pub struct LiveConfig {
     pub default_account: Option<String>,
     /// The IMDS door's own: `passthrough` and `requireToken`.
     pub imds: imds::Settings,
+    /// `sessionTags`, `transitiveTagKeys`, `sourceIdentity`, `roleSessionName`.
+    pub tagging: Arc<Tagging>,
 }
 
 /// The settings that take effect at start only; a reload keeps the running
@@ -201,7 +204,27 @@ impl Config {
             account_map: live.account_map.clone(),
             default_account: live.default_account.clone(),
             session_key: self.fixed.role_session_key.clone(),
+            tagging: live.tagging.clone(),
+            // Without a metadata service, localMetadata's instance ID is
+            // the one the containers see; the upstream one is not fetched.
+            host: Arc::new(HostFacts::local(
+                self.fixed
+                    .metadata_url
+                    .is_none()
+                    .then_some(self.fixed.local_metadata.instance_id.as_deref())
+                    .flatten(),
+            )),
         }
+    }
+
+    /// Whether a tagging template names `{instanceId}`, globally or in an alias.
+    pub fn names_instance_id(&self) -> bool {
+        self.live.tagging.names_instance_id()
+            || self.live.aliases.values().any(|role| {
+                role.tagging
+                    .as_ref()
+                    .is_some_and(|tagging| tagging.names_instance_id())
+            })
     }
 
     /// What the IMDS door reads per request; reload swaps in a new one.
@@ -499,7 +522,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             bad_object.to_string(),
-            "t: key \"aliasToARN.a.externalID\": unknown key (known: arn, externalId, policy, durationSeconds)"
+            "t: key \"aliasToARN.a.externalID\": unknown key (known: arn, externalId, policy, durationSeconds, sessionTags, transitiveTagKeys, sourceIdentity, roleSessionName)"
         );
     }
 
@@ -772,7 +795,97 @@ mod tests {
         assert!(hint.ends_with(
             "(\"aliasToArn\" is refused because a typo would otherwise be silently ignored)"
         ));
-        assert_eq!(known_keys().len(), 23);
+        assert_eq!(known_keys().len(), 27);
+    }
+
+    #[test]
+    fn tagging_is_off_by_default_and_an_alias_overrides_it_key_by_key() {
+        let base =
+            r#""aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a""#;
+        let off = Config::parse(&format!("{{{base}}}"), "t").unwrap();
+        assert_eq!(*off.live.tagging, Tagging::default());
+        let on = Config::parse(
+            r#"{"aliasToARN": {"a": "arn:aws:iam::123456789012:role/A",
+                               "b": {"arn": "arn:aws:iam::123456789012:role/B",
+                                     "roleSessionName": "b-{shortId}"}},
+                "defaultAlias": "a",
+                "sessionTags": {"service": "{composeService}", "team": "payments"},
+                "transitiveTagKeys": ["team"], "sourceIdentity": "{name}"}"#,
+            "t",
+        )
+        .unwrap();
+        let global = &on.live.tagging;
+        assert_eq!(global.tags.as_ref().unwrap().len(), 2);
+        assert!(on.live.aliases["a"].tagging.is_none());
+        let b = on.live.aliases["b"].tagging.as_deref().unwrap();
+        assert_eq!(b.tags, global.tags);
+        assert_eq!(b.source_identity, global.source_identity);
+        assert!(b.session_name.is_some() && global.session_name.is_none());
+        assert!(!on.names_instance_id() && !off.names_instance_id());
+        let in_alias = Config::parse(
+            r#"{"aliasToARN": {"a": {"arn": "arn:aws:iam::123456789012:role/A",
+                                     "sessionTags": {"host": "on {instanceId}"}}},
+                "defaultAlias": "a"}"#,
+            "t",
+        )
+        .unwrap();
+        assert!(
+            in_alias.names_instance_id(),
+            "only then is the metadata service asked"
+        );
+    }
+
+    #[test]
+    fn tagging_keys_that_can_never_fit_sts_are_refused() {
+        let base =
+            r#""aliasToARN": {"a": "arn:aws:iam::123456789012:role/A"}, "defaultAlias": "a""#;
+        let long = "x".repeat(65);
+        for (extra, expected) in [
+            (
+                format!(r#""roleSessionName": "{long}-{{name}}""#),
+                format!("t: key \"roleSessionName\": \"{long}-{{name}}\": its fixed text alone is 66 characters, over STS's 64"),
+            ),
+            (
+                r#""sourceIdentity": "team a""#.to_string(),
+                "t: key \"sourceIdentity\": \"team a\": ' ' is not allowed here by STS".to_string(),
+            ),
+            (
+                r#""roleSessionName": "{podName}""#.to_string(),
+                "t: key \"roleSessionName\": \"{podName}\": {podName} is not a source (known: {name}, {shortId}, {image}, {composeProject}, {composeService}, {swarmService}, {instanceId}, {hostname}, {alias})".to_string(),
+            ),
+            (
+                r#""sessionTags": {"aws:x": "y"}"#.to_string(),
+                "t: key \"sessionTags.aws:x\": tag key \"aws:x\": the aws: prefix is AWS's own".to_string(),
+            ),
+            (
+                r#""sessionTags": {"k": "a,b"}"#.to_string(),
+                "t: key \"sessionTags.k\": \"a,b\": ',' is not allowed here by STS".to_string(),
+            ),
+            (
+                r#""sessionTags": {"k": "v"}, "transitiveTagKeys": ["other"]"#.to_string(),
+                "t: key \"transitiveTagKeys\": \"other\" is not a key of sessionTags".to_string(),
+            ),
+            (
+                format!(
+                    r#""sessionTags": {{{}}}"#,
+                    (0..51).map(|i| format!(r#""k{i}": "v""#)).collect::<Vec<_>>().join(",")
+                ),
+                "t: key \"sessionTags\": 51 tags, over STS's 50".to_string(),
+            ),
+        ] {
+            let error = Config::parse(&format!("{{{base}, {extra}}}"), "t").unwrap_err();
+            assert_eq!(error.to_string(), expected);
+        }
+        let in_alias = Config::parse(
+            r#"{"aliasToARN": {"a": {"arn": "arn:aws:iam::123456789012:role/A", "sourceIdentity": "x"}},
+                "defaultAlias": "a"}"#,
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(
+            in_alias.to_string(),
+            "t: key \"aliasToARN.a.sourceIdentity\": \"x\" is shorter than STS's 2 characters"
+        );
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub(super) struct RawConfig {
     pub sts_region: Option<String>,
     pub role_mapping_file: Option<PathBuf>,
     pub require_caller_proof: Option<bool>,
+    pub session_tags: Option<BTreeMap<String, String>>,
+    pub transitive_tag_keys: Option<Vec<String>>,
+    pub source_identity: Option<String>,
+    pub role_session_name: Option<String>,
     #[serde(default, deserialize_with = "object")]
     pub container_credentials: Option<RawContainerCredentials>,
 }
@@ -73,10 +77,11 @@ pub(super) struct RawGrant {
 /// One entry of `aliasToARN`: a role ARN, or an object with one.
 pub(super) enum RawAlias {
     Arn(String),
-    Role(RawRole),
+    Role(Box<RawRole>),
 }
 
-/// `{"arn": ..., "externalId": ..., "policy": ..., "durationSeconds": ...}`.
+/// `{"arn": ..., "externalId": ..., "policy": ..., "durationSeconds": ...}`,
+/// and the tagging keys, which override the global ones for this alias.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawRole {
@@ -84,6 +89,10 @@ pub(super) struct RawRole {
     pub external_id: Option<String>,
     pub policy: Option<Value>,
     pub duration_seconds: Option<u64>,
+    pub session_tags: Option<BTreeMap<String, String>>,
+    pub transitive_tag_keys: Option<Vec<String>>,
+    pub source_identity: Option<String>,
+    pub role_session_name: Option<String>,
 }
 
 /// Untagged by the JSON type. serde's `#[serde(untagged)]` would try each
@@ -102,7 +111,8 @@ impl<'de> Deserialize<'de> for RawAlias {
                 Ok(RawAlias::Arn(arn.to_string()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawAlias, A::Error> {
-                RawRole::deserialize(MapAccessDeserializer::new(map)).map(RawAlias::Role)
+                RawRole::deserialize(MapAccessDeserializer::new(map))
+                    .map(|role| RawAlias::Role(Box::new(role)))
             }
         }
         deserializer.deserialize_any(Alias)

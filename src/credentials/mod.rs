@@ -29,6 +29,78 @@ pub struct RoleRequest {
     pub external_id: Option<Arc<str>>,
     /// The alias's own session duration; the config's `sessionDuration` when `None`.
     pub duration: Option<Duration>,
+    /// Session tags and SourceIdentity are part of the key: a change of
+    /// either gives a new session, never the old one's credentials.
+    pub tags: Arc<[(Arc<str>, Arc<str>)]>,
+    pub transitive_tag_keys: Arc<[Arc<str>]>,
+    pub source_identity: Option<Arc<str>>,
+}
+
+/// Why STS refused a tagged AssumeRole, when the tags are the cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TaggingCause {
+    /// The trust policy does not allow `sts:TagSession`.
+    TagSession,
+    /// The trust policy does not allow `sts:SetSourceIdentity`.
+    SetSourceIdentity,
+    /// The tags and session policy, packed, are over STS's size.
+    PackedPolicyTooLarge,
+}
+
+impl TaggingCause {
+    /// The cause of `error`, when `request` carried what it names. STS
+    /// names the action it refused in AccessDenied's message.
+    pub fn of(error: &StsError, request: &RoleRequest) -> Option<TaggingCause> {
+        let tagged = !request.tags.is_empty();
+        match error.code.as_str() {
+            "PackedPolicyTooLarge" if tagged => Some(TaggingCause::PackedPolicyTooLarge),
+            "AccessDenied" if tagged && error.message.contains("sts:TagSession") => {
+                Some(TaggingCause::TagSession)
+            }
+            "AccessDenied"
+                if request.source_identity.is_some()
+                    && error.message.contains("sts:SetSourceIdentity") =>
+            {
+                Some(TaggingCause::SetSourceIdentity)
+            }
+            _ => None,
+        }
+    }
+
+    /// The metric's `cause` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TaggingCause::TagSession => "TagSession",
+            TaggingCause::SetSourceIdentity => "SetSourceIdentity",
+            TaggingCause::PackedPolicyTooLarge => "PackedPolicyTooLarge",
+        }
+    }
+
+    /// What the operator does about it.
+    pub fn fix(self, role_arn: &RoleArn) -> String {
+        match self {
+            TaggingCause::TagSession | TaggingCause::SetSourceIdentity => format!(
+                "add \"sts:{}\" to the Action of the trust policy statement of {role_arn} that allows sts:AssumeRole (\"Action\": [\"sts:AssumeRole\", \"sts:TagSession\", \"sts:SetSourceIdentity\"]), or turn {} off",
+                self.label(),
+                match self {
+                    TaggingCause::TagSession => "sessionTags",
+                    _ => "sourceIdentity",
+                }
+            ),
+            TaggingCause::PackedPolicyTooLarge => format!(
+                "the session tags and session policy of {role_arn} are too large once packed: send fewer or shorter tags (sessionTags) or a shorter policy"
+            ),
+        }
+    }
+}
+
+/// Tagging refusals still in force, by alias: logged once each, shown by
+/// `/readyz` until a tagged AssumeRole of the alias succeeds.
+#[derive(Default)]
+struct TaggingFailures {
+    /// How many are in force, read first so a success costs no lock.
+    count: std::sync::atomic::AtomicUsize,
+    by_alias: std::sync::Mutex<std::collections::BTreeMap<(String, TaggingCause), String>>,
 }
 
 /// When to refresh and what may still be served, from the session duration.
@@ -139,6 +211,7 @@ pub struct CredentialCache {
     slots: RwLock<crate::FastHashMap<RoleRequest, Arc<Slot>>>,
     /// The last AssumeRole got no answer at all (network, DNS, timeout).
     sts_unreachable: AtomicBool,
+    tagging_failures: TaggingFailures,
 }
 
 /// Keeps the slots `keep` accepts. A slot that leaves the cache has its
@@ -163,6 +236,55 @@ impl CredentialCache {
             timing,
             slots: RwLock::new(Default::default()),
             sts_unreachable: AtomicBool::new(false),
+            tagging_failures: TaggingFailures::default(),
+        }
+    }
+
+    /// Records the outcome of a request of `alias` for its tagging: a
+    /// refusal caused by the tags is counted, logged once per alias and
+    /// cause with its fix, and shown by [`ready`](Self::ready) until a
+    /// request of the alias succeeds.
+    pub fn note_tagging(&self, alias: &str, request: &RoleRequest, result: Result<(), &StsError>) {
+        let failures = &self.tagging_failures;
+        match result {
+            Ok(()) => {
+                if failures.count.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                let mut by_alias = failures
+                    .by_alias
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                by_alias.retain(|(failed, _), _| failed != alias);
+                failures.count.store(by_alias.len(), Ordering::Relaxed);
+            }
+            Err(error) => {
+                let Some(cause) = TaggingCause::of(error, request) else {
+                    return;
+                };
+                metrics()
+                    .sts_tagging_errors
+                    .with_label_values(&[alias, cause.label()])
+                    .inc();
+                let mut by_alias = failures
+                    .by_alias
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if by_alias.contains_key(&(alias.to_string(), cause)) {
+                    return;
+                }
+                let fix = cause.fix(&request.role_arn);
+                log::error!(
+                    "alias {alias}: STS refused the session's {} ({}); no untagged credentials are served. Fix: {fix}",
+                    match cause {
+                        TaggingCause::SetSourceIdentity => "SourceIdentity",
+                        TaggingCause::TagSession | TaggingCause::PackedPolicyTooLarge => "tags",
+                    },
+                    error.code,
+                );
+                by_alias.insert((alias.to_string(), cause), fix);
+                failures.count.store(by_alias.len(), Ordering::Relaxed);
+            }
         }
     }
 
@@ -176,10 +298,25 @@ impl CredentialCache {
             .values()
             .any(|slot| slot.current.load().is_some());
         if self.sts_unreachable.load(Ordering::Relaxed) && !any_cached {
-            Err("STS cannot be called (network, or the proxy's own credentials) and no credentials are cached".into())
-        } else {
-            Ok(())
+            return Err("STS cannot be called (network, or the proxy's own credentials) and no credentials are cached".into());
         }
+        if self.tagging_failures.count.load(Ordering::Relaxed) > 0 {
+            let by_alias = self
+                .tagging_failures
+                .by_alias
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let causes: Vec<String> = by_alias
+                .iter()
+                .map(|((alias, cause), fix)| {
+                    format!("alias {alias}: STS refused {}: {fix}", cause.label())
+                })
+                .collect();
+            if !causes.is_empty() {
+                return Err(causes.join("; "));
+            }
+        }
+        Ok(())
     }
 
     pub fn timing(&self) -> Timing {
@@ -512,6 +649,9 @@ mod tests {
             session_name: Arc::from(session),
             external_id: None,
             duration: None,
+            tags: Arc::from([]),
+            transitive_tag_keys: Arc::from([]),
+            source_identity: None,
         }
     }
 
@@ -538,6 +678,121 @@ mod tests {
         let short = Timing::for_duration(Duration::from_secs(900));
         assert_eq!(short.min_left, Duration::from_secs(450));
         assert_eq!(short.refresh_ahead, Duration::from_secs(600));
+    }
+
+    fn tagged(session: &str, service: &str, identity: Option<&str>) -> RoleRequest {
+        RoleRequest {
+            tags: Arc::from([(Arc::from("service"), Arc::from(service))]),
+            transitive_tag_keys: Arc::from([Arc::from("service")]),
+            source_identity: identity.map(Arc::from),
+            ..request(session)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_of_tags_or_source_identity_gives_a_new_session() {
+        let sts = CountingSts::new(Duration::ZERO);
+        let cache = CredentialCache::new(sts.clone(), Timing::for_duration(HOUR));
+        let first = cache.get(&tagged("a", "api", None), at(0)).await.unwrap();
+        let again = cache.get(&tagged("a", "api", None), at(1)).await.unwrap();
+        assert_eq!(first.access_key_id, again.access_key_id);
+        assert_eq!(sts.calls(), 1);
+        let other_tag = cache.get(&tagged("a", "web", None), at(2)).await.unwrap();
+        let other_identity = cache
+            .get(&tagged("a", "api", Some("alice")), at(3))
+            .await
+            .unwrap();
+        let untagged = cache.get(&request("a"), at(4)).await.unwrap();
+        assert_eq!(sts.calls(), 4);
+        let keys = [
+            &first.access_key_id,
+            &other_tag.access_key_id,
+            &other_identity.access_key_id,
+            &untagged.access_key_id,
+        ];
+        assert!(keys.iter().enumerate().all(|(i, k)| !keys[..i].contains(k)));
+    }
+
+    fn refusal(code: &str, message: &str) -> StsError {
+        StsError {
+            role_arn: "arn:aws:iam::123456789012:role/R".into(),
+            session_name: "s".into(),
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    const NO_TAG_SESSION: &str = "User: arn:aws:sts::123456789012:assumed-role/host/i-1 is not authorized to perform: sts:TagSession on resource: arn:aws:iam::123456789012:role/R";
+
+    #[test]
+    fn refusals_are_blamed_on_tagging_only_when_sts_names_it() {
+        let tags = tagged("a", "api", None);
+        let identity = RoleRequest {
+            source_identity: Some(Arc::from("alice")),
+            ..request("a")
+        };
+        let cases = [
+            (
+                "AccessDenied",
+                NO_TAG_SESSION,
+                &tags,
+                Some(TaggingCause::TagSession),
+            ),
+            ("AccessDenied", NO_TAG_SESSION, &identity, None),
+            (
+                "AccessDenied",
+                "not authorized to perform: sts:SetSourceIdentity",
+                &identity,
+                Some(TaggingCause::SetSourceIdentity),
+            ),
+            (
+                "PackedPolicyTooLarge",
+                "Packed size 103%",
+                &tags,
+                Some(TaggingCause::PackedPolicyTooLarge),
+            ),
+            (
+                "AccessDenied",
+                "not authorized to perform: sts:AssumeRole",
+                &tags,
+                None,
+            ),
+            ("Throttling", "Rate exceeded", &tags, None),
+        ];
+        for (code, message, request, expected) in cases {
+            assert_eq!(
+                TaggingCause::of(&refusal(code, message), request),
+                expected,
+                "{code}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tagging_refusal_shows_in_readiness_and_the_metric_until_the_alias_succeeds() {
+        let cache =
+            CredentialCache::new(CountingSts::new(Duration::ZERO), Timing::for_duration(HOUR));
+        let request = tagged("a", "api", None);
+        let counted = || {
+            metrics()
+                .sts_tagging_errors
+                .with_label_values(&["tagged-alias", "TagSession"])
+                .get()
+        };
+        let before = counted();
+        let denied = refusal("AccessDenied", NO_TAG_SESSION);
+        cache.note_tagging("tagged-alias", &request, Err(&denied));
+        cache.note_tagging("tagged-alias", &request, Err(&denied));
+        assert_eq!(counted() - before, 2);
+        let why = cache.ready().unwrap_err();
+        assert!(why.starts_with("alias tagged-alias: STS refused TagSession: add \"sts:TagSession\" to the Action of the trust policy statement of arn:aws:iam::123456789012:role/R"), "{why}");
+        cache.note_tagging("other", &request, Ok(()));
+        assert!(
+            cache.ready().is_err(),
+            "another alias's success changes nothing"
+        );
+        cache.note_tagging("tagged-alias", &request, Ok(()));
+        assert_eq!(cache.ready(), Ok(()));
     }
 
     /// The fake STS's delays are tokio time: on the paused clock they

@@ -167,6 +167,8 @@ impl AssumeRole for AwsSts {
             code: code.to_string(),
             message,
         };
+        // A tag that cannot be built fails the call: never an untagged one.
+        let tags = tags(request).map_err(|problem| error("BadTag", problem))?;
         let output = self
             .client
             .assume_role()
@@ -175,6 +177,15 @@ impl AssumeRole for AwsSts {
             .set_policy(request.policy.as_deref().map(str::to_string))
             .set_external_id(request.external_id.as_deref().map(str::to_string))
             .duration_seconds(duration.as_secs().try_into().unwrap_or(i32::MAX))
+            .set_tags(tags)
+            .set_transitive_tag_keys((!request.transitive_tag_keys.is_empty()).then(|| {
+                request
+                    .transitive_tag_keys
+                    .iter()
+                    .map(|key| key.to_string())
+                    .collect()
+            }))
+            .set_source_identity(request.source_identity.as_deref().map(str::to_string))
             .send()
             .await
             .map_err(|e| match e.as_service_error() {
@@ -204,6 +215,26 @@ impl AssumeRole for AwsSts {
         })
     }
 }
+/// The request's session tags as aws-sdk-sts takes them; `None` when there
+/// are none, so an untagged call is the call it always was.
+fn tags(request: &RoleRequest) -> Result<Option<Vec<aws_sdk_sts::types::Tag>>, String> {
+    if request.tags.is_empty() {
+        return Ok(None);
+    }
+    request
+        .tags
+        .iter()
+        .map(|(key, value)| {
+            aws_sdk_sts::types::Tag::builder()
+                .key(&**key)
+                .value(&**value)
+                .build()
+                .map_err(|e| format!("session tag {key}: {e}"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

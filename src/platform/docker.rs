@@ -170,9 +170,15 @@ impl ContainerSource for DockerSource {
             .and_then(|n| n.networks)
             .map(|n| addresses(n.values()))
             .unwrap_or_default();
-        let (labels, env) = details
+        let (labels, env, image) = details
             .config
-            .map(|c| (c.labels.unwrap_or_default(), c.env.unwrap_or_default()))
+            .map(|c| {
+                (
+                    c.labels.unwrap_or_default(),
+                    c.env.unwrap_or_default(),
+                    c.image.unwrap_or_default(),
+                )
+            })
             .unwrap_or_default();
         let labels = labels.into_iter().collect();
         let env = env
@@ -184,6 +190,7 @@ impl ContainerSource for DockerSource {
         Ok(Some(
             Container::new(id, details.name.as_deref().unwrap_or_default(), labels, ips)
                 .with_env(env)
+                .with_image(image)
                 .with_process(process),
         ))
     }

@@ -32,6 +32,8 @@ pub struct Listed {
     names: Option<Vec<String>>,
     #[serde(rename = "Labels", default)]
     labels: Option<StringMap>,
+    #[serde(rename = "Image", default)]
+    image: Option<String>,
     #[serde(rename = "NetworkSettings", default)]
     network_settings: Option<NetworkSettings>,
 }
@@ -58,6 +60,7 @@ impl Listed {
             id,
             names,
             labels,
+            image,
             network_settings,
         } = self;
         let endpoints = network_settings
@@ -76,6 +79,7 @@ impl Listed {
             .and_then(|names| names.first())
             .map_or("", String::as_str);
         Container::new(id, name, labels.unwrap_or_default(), ips)
+            .with_image(image.unwrap_or_default())
     }
 }
 

@@ -25,7 +25,8 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
               "proxy-connection", "expect"}
 SCOPE_RE = re.compile(r"Credential=[^/,\s]+/(\d{8}/[^/]+/[^/]+/aws4_request)")
 # The AssumeRole parameters the migration features set.
-FIELDS = ("RoleArn", "RoleSessionName", "ExternalId", "Policy", "DurationSeconds")
+FIELDS = ("RoleArn", "RoleSessionName", "ExternalId", "Policy", "DurationSeconds",
+          "SourceIdentity")
 
 
 @dataclass
@@ -39,11 +40,30 @@ class StsCall:
     def get(self, name: str) -> str | None:
         return self.params.get(name)
 
+    def tags(self) -> dict:
+        """Session tags as sent: Tags.member.N.Key / .Value (awsQuery lists)."""
+        out, n = {}, 1
+        while f"Tags.member.{n}.Key" in self.params:
+            out[self.params[f"Tags.member.{n}.Key"]] = self.params.get(f"Tags.member.{n}.Value")
+            n += 1
+        return out
+
+    def transitive_tag_keys(self) -> list:
+        out, n = [], 1
+        while f"TransitiveTagKeys.member.{n}" in self.params:
+            out.append(self.params[f"TransitiveTagKeys.member.{n}"])
+            n += 1
+        return out
+
     def region(self) -> str | None:
         return self.scope.split("/")[1] if self.scope else None
 
     def describe(self) -> str:
         shown = {k: self.params.get(k) for k in FIELDS if k in self.params}
+        if self.tags():
+            shown["Tags"] = self.tags()
+        if self.transitive_tag_keys():
+            shown["TransitiveTagKeys"] = self.transitive_tag_keys()
         return f"{self.action} status={self.status} scope={self.scope} {shown}"
 
 
@@ -55,6 +75,9 @@ class StsRecorder:
         self.up_host, self.up_port = up.hostname, up.port or 80
         self.calls: list[StsCall] = []
         self._lock = threading.Lock()
+        # A stand-in's answer instead of moto's: (status, body) for the calls
+        # it returns one for (an STS refusal moto would not make), else None.
+        self.refuse: Callable[[StsCall], tuple[int, bytes] | None] | None = None
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,6 +96,16 @@ class StsRecorder:
                                             keep_blank_values=True).items()})
                 m = SCOPE_RE.search(self.headers.get("Authorization") or "")
                 call = StsCall(params.get("Action") or "other", params, m.group(1) if m else None)
+                refusal = recorder.refuse(call) if recorder.refuse else None
+                if refusal is not None:
+                    call.status, data = refusal
+                    recorder._add(call)
+                    self.send_response(call.status)
+                    self.send_header("Content-Type", "text/xml")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 try:
                     conn = http.client.HTTPConnection(recorder.up_host, recorder.up_port,
