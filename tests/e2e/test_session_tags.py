@@ -150,3 +150,49 @@ def test_a_trust_policy_without_tag_session_is_said_plainly_and_no_untagged_cred
                if line.startswith("ec2metaproxy_sts_tagging_errors_total{")
                and 'alias="denied"' in line and 'cause="TagSession"' in line]
     assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 3, text[-3000:]
+
+
+def test_a_container_started_by_docker_compose_sends_its_project_and_service(tags):
+    """The Compose tags come from the labels docker-compose itself writes, not
+    from labels a test sets by hand: a service started with `docker-compose
+    up` sends its real project and service names."""
+    run = tags.run
+    project = f"{run.prefix}-shop".lower()
+    compose_file = run.tmp / "compose-tags.yml"
+    compose_file.write_text(
+        'version: "2.4"\n'
+        "services:\n"
+        "  api:\n"
+        f"    image: {run.image}\n"
+        f"    labels:\n      {harness.RUN_LABEL}: \"{run.runid}\"\n"
+        "    networks: [net]\n"
+        "networks:\n"
+        "  net:\n"
+        "    external: true\n"
+        f"    name: {run.network.name}\n")
+    compose = ["docker-compose", "-p", project, "-f", str(compose_file)]
+    p = tags.proxy("proxy-compose", {"default": "tags-default"}, sessionTags=TAGS,
+                   sourceIdentity="{composeService}")
+    harness.sh(compose + ["up", "--no-start"], timeout=120)
+    try:
+        cid = harness.sh(compose + ["ps", "-q", "api"]).stdout.strip()
+        name = harness.sh(["docker", "inspect", "--format", "{{.Name}}", cid]).stdout.strip("/\n")
+        c = harness.Container(name, "compose-api", cid, "", 0, {harness.RUN_LABEL: run.runid})
+        run.containers[name] = c
+        tags.containers.append(c)
+        run.start_container(c, redirect=p)
+        labels = harness.sh(["docker", "inspect", "--format",
+                             '{{index .Config.Labels "com.docker.compose.project"}} '
+                             '{{index .Config.Labels "com.docker.compose.service"}}',
+                             cid]).stdout.split()
+        assert labels == [project, "api"], f"docker-compose's own labels: {labels}"
+
+        call = _call_for(tags, p, c, f"{c.name}-{c.id[:12]}")
+        got = call.tags()
+        assert (got.get("project"), got.get("service")) == (project, "api"), tags.ctx(p)
+        assert call.get("SourceIdentity") == "api", tags.ctx(p)
+        cli = run.aws_cli(c)
+        role = harness.assumed_role(cli.arn)
+        assert cli.ok and role and role[0] == "tags-default", tags.ctx(p, cli)
+    finally:
+        harness.sh(compose + ["down", "--timeout", "1"], check=False, timeout=120)
