@@ -9,6 +9,7 @@ use std::time::Duration;
 use argh::FromArgs;
 
 use ec2metaproxy::broker::{spawn_prefetcher, Broker};
+use ec2metaproxy::ccreds::address::ByAddress;
 use ec2metaproxy::ccreds::grants::Grants;
 use ec2metaproxy::ccreds::ContainerCredentials;
 use ec2metaproxy::config::Config;
@@ -205,8 +206,7 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     let by_token = match &fixed.container_credentials {
-        None => None,
-        Some(cc) => {
+        Some(cc) if !cc.listen.is_empty() => {
             let grants = match Grants::open(&fixed.grants_dir(), cc.grants()) {
                 Ok(grants) => Arc::new(grants),
                 Err(error) => {
@@ -216,31 +216,23 @@ async fn run(config: Config) -> ExitCode {
                     )
                 }
             };
-            let mut listeners = Vec::new();
-            for addr in &cc.listen {
-                match ec2metaproxy::server::bind(*addr) {
-                    Ok(listener) => listeners.push(listener),
-                    Err(error) => {
-                        eprintln!(
-                            "error: cannot listen on {addr} (containerCredentials.listen): {error}"
-                        );
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
+            let Some(listeners) = bind_all(&cc.listen, " (containerCredentials.listen)") else {
+                return ExitCode::FAILURE;
+            };
             Some((grants, listeners))
         }
+        _ => None,
     };
-    let mut listeners = Vec::with_capacity(fixed.listen.len());
-    for &addr in &fixed.listen {
-        match ec2metaproxy::server::bind(addr) {
-            Ok(listener) => listeners.push(listener),
-            Err(error) => {
-                eprintln!("error: cannot listen on {addr}: {error}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
+    let by_address = match &fixed.container_credentials {
+        Some(cc) => match bind_all(&cc.address_listen, " (containerCredentials.addressListen)") {
+            Some(listeners) => listeners,
+            None => return ExitCode::FAILURE,
+        },
+        None => Vec::new(),
+    };
+    let Some(listeners) = bind_all(&fixed.listen, "") else {
+        return ExitCode::FAILURE;
+    };
     let docker = match DockerSource::new(&fixed.docker_host) {
         Ok(docker) => docker.reading_env(config.roles().env_keys()),
         Err(error) => return fail(&error, None),
@@ -375,6 +367,22 @@ async fn run(config: Config) -> ExitCode {
             let _ = stop.wait_for(|s| *s).await;
         }));
     }
+    if !by_address.is_empty() {
+        log::info!(
+            "container credentials (by address, 169.254.170.2 by DNAT) on {}",
+            listen_text(
+                &by_address
+                    .iter()
+                    .filter_map(|l| l.local_addr().ok())
+                    .collect::<Vec<_>>()
+            )
+        );
+        let mut stop = stop.clone();
+        let door = Arc::new(ByAddress::new(broker.clone()));
+        tokio::spawn(serve_all(by_address, door, Limits::default(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
     let imds = Arc::new(Imds::new(broker, live.imds_settings(), tokens, metadata));
     ec2metaproxy::sys::spawn_heap_trimmer();
     serve_all(listeners, imds, Limits::default(), async {
@@ -411,6 +419,25 @@ fn spawn_grant_refresher(grants: Arc<Grants>) {
             }
         }
     });
+}
+
+/// Binds every address of `addresses`, or says which one failed (`what`
+/// names its key) and gives up.
+fn bind_all(
+    addresses: &[std::net::SocketAddr],
+    what: &str,
+) -> Option<Vec<tokio::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(addresses.len());
+    for &addr in addresses {
+        match ec2metaproxy::server::bind(addr) {
+            Ok(listener) => listeners.push(listener),
+            Err(error) => {
+                eprintln!("error: cannot listen on {addr}{what}: {error}");
+                return None;
+            }
+        }
+    }
+    Some(listeners)
 }
 
 /// The listen addresses as one log field: `a,b`.

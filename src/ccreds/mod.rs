@@ -12,6 +12,7 @@
 //! errors are JSON bodies, and the response line names the grant or the
 //! reason, never the token.
 
+pub mod address;
 pub mod grants;
 
 use std::sync::Arc;
@@ -43,6 +44,11 @@ pub enum Refusal {
     UnknownToken,
     #[error("method not allowed here")]
     Method,
+    /// By address: no container (or static mapping) holds the caller's address.
+    #[error("no container holds the caller's address")]
+    UnknownCaller,
+    #[error(transparent)]
+    Caller(#[from] crate::broker::Refusal),
     #[error(transparent)]
     Role(#[from] RoleError),
     #[error(transparent)]
@@ -57,7 +63,11 @@ impl Refusal {
             Refusal::MissingToken | Refusal::MalformedToken => StatusCode::UNAUTHORIZED,
             Refusal::UnknownToken => StatusCode::FORBIDDEN,
             Refusal::Method => StatusCode::METHOD_NOT_ALLOWED,
-            Refusal::Role(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // An unknown or unproven caller, or a label naming no alias, is
+            // "no credentials here", as on the IMDS door.
+            Refusal::UnknownCaller | Refusal::Caller(_) => StatusCode::NOT_FOUND,
+            Refusal::Role(RoleError::UnknownGrantAlias(..)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::Role(_) => StatusCode::NOT_FOUND,
             Refusal::Sts(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -68,7 +78,9 @@ impl Refusal {
             Refusal::MissingToken | Refusal::MalformedToken => "Unauthorized",
             Refusal::UnknownToken => "AccessDenied",
             Refusal::Method => "MethodNotAllowed",
-            Refusal::Role(_) => "InternalError",
+            Refusal::UnknownCaller | Refusal::Caller(_) => "NotFound",
+            Refusal::Role(RoleError::UnknownGrantAlias(..)) => "InternalError",
+            Refusal::Role(_) => "NotFound",
             Refusal::Sts(_) => "ServiceUnavailable",
         }
     }
@@ -130,6 +142,16 @@ impl ContainerCredentials {
 }
 
 fn refused(refusal: Refusal, grant: Option<Arc<Grant>>) -> Reply {
+    Reply {
+        response: error_response(&refusal),
+        grant,
+        alias: None,
+        reason: Some(refusal.to_string()),
+    }
+}
+
+/// The JSON error body both ways answer with: a fixed code and the reason.
+fn error_response(refusal: &Refusal) -> Response<Full<Bytes>> {
     let body = serde_json::json!({
         "code": refusal.code(),
         "message": refusal.to_string(),
@@ -140,12 +162,7 @@ fn refused(refusal: Refusal, grant: Option<Arc<Grant>>) -> Reply {
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
-    Reply {
-        response,
-        grant,
-        alias: None,
-        reason: Some(refusal.to_string()),
-    }
+    response
 }
 
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -207,20 +207,24 @@ fn container_credentials(
     raw: RawContainerCredentials,
     aliases: &crate::FastHashMap<String, Arc<Role>>,
 ) -> Result<ContainerCredentials, Invalid> {
-    if raw.listen.is_empty() {
+    if raw.listen.is_empty() && raw.address_listen.is_empty() {
         return Err(invalid(
             "containerCredentials.listen",
-            "needs at least one IP:PORT, such as \"127.0.0.1:18001\"",
+            "needs at least one IP:PORT, such as \"127.0.0.1:18001\" (or addressListen, for \
+             callers by address)",
         ));
     }
-    let listen = raw
-        .listen
-        .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            parse_listen(text).map_err(|p| invalid(format!("containerCredentials.listen.{i}"), p))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let addresses = |key: &str, list: &[String]| {
+        list.iter()
+            .enumerate()
+            .map(|(i, text)| {
+                parse_listen(text)
+                    .map_err(|p| invalid(format!("containerCredentials.{key}.{i}"), p))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let listen = addresses("listen", &raw.listen)?;
+    let address_listen = addresses("addressListen", &raw.address_listen)?;
     let mut grants = BTreeMap::new();
     for (name, grant) in raw.grants {
         let key = format!("containerCredentials.grants.{name}");
@@ -243,7 +247,11 @@ fn container_credentials(
         }
         grants.insert(name, grant.alias);
     }
-    Ok(ContainerCredentials { listen, grants })
+    Ok(ContainerCredentials {
+        listen,
+        grants,
+        address_listen,
+    })
 }
 
 fn aliases(

@@ -141,6 +141,8 @@ pub struct ContainerCredentials {
     pub listen: Vec<SocketAddr>,
     /// Grant name -> alias.
     pub grants: std::collections::BTreeMap<String, String>,
+    /// Where 169.254.170.2:80 is DNATed to: the door by caller address.
+    pub address_listen: Vec<SocketAddr>,
 }
 
 impl ContainerCredentials {
@@ -390,6 +392,12 @@ mod tests {
         let cc = config.fixed.container_credentials.as_ref().unwrap();
         assert_eq!(cc.listen.len(), 2);
         assert_eq!(cc.grants()[0].name, "batch-1");
+        assert!(cc.address_listen.is_empty());
+        let by_address =
+            Config::parse(&with(r#"{"addressListen": ["172.17.0.1:18002"]}"#), "t").unwrap();
+        let cc = by_address.fixed.container_credentials.unwrap();
+        assert!(cc.listen.is_empty() && cc.grants.is_empty());
+        assert_eq!(cc.address_listen, ["172.17.0.1:18002".parse().unwrap()]);
         assert_eq!(
             config.fixed.grants_dir(),
             Path::new(DEFAULT_STATE_DIR).join("grants")
@@ -402,7 +410,7 @@ mod tests {
         for (cc, expected) in [
             (
                 r#"{"listen": [], "grants": {}}"#,
-                r#"test.json: key "containerCredentials.listen": needs at least one IP:PORT, such as "127.0.0.1:18001""#,
+                r#"test.json: key "containerCredentials.listen": needs at least one IP:PORT, such as "127.0.0.1:18001" (or addressListen, for callers by address)"#,
             ),
             (
                 r#"{"listen": ["127.0.0.1:1"], "grants": {"w": {"alias": "default"}}}"#,

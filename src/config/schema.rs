@@ -62,9 +62,15 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawContainerCredentials {
     /// `IP:PORT` listeners for `AWS_CONTAINER_CREDENTIALS_FULL_URI`.
+    #[serde(default)]
     pub listen: Vec<String>,
     /// Grant name -> its alias.
+    #[serde(default)]
     pub grants: BTreeMap<String, RawGrant>,
+    /// `IP:PORT` listeners that 169.254.170.2:80 is DNATed to, for
+    /// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`: callers by address.
+    #[serde(default)]
+    pub address_listen: Vec<String>,
 }
 
 /// One grant: `{"alias": "web"}`.
