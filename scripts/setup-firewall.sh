@@ -34,6 +34,11 @@
 #      everything else to that address is written even when there is no
 #      PROXY_IP6 to redirect to, so such a container gets a refusal, never the
 #      host's metadata service.
+#   7. only with --address-port PORT: the container credentials door by address.
+#      nat PREROUTING: TCP to 169.254.170.2:80 (where SDKs resolve
+#      AWS_CONTAINER_CREDENTIALS_RELATIVE_URI) is DNATed to PROXY_IP:PORT, the
+#      config's containerCredentials.addressListen; and, as 3. does, new
+#      connections to that port that did not come through the DNAT are dropped.
 # Every rule carries the comment TAG (default "ec2metaproxy"), and the table is
 # named TAG: --remove deletes exactly those, and applying again replaces them.
 #
@@ -54,6 +59,7 @@
 #                           none for a wildcard: then REJECT only, see 6.)
 #   --metadata-ip6 IP       the IPv6 address containers ask (default fd00:ec2::254)
 #   --no-ipv6               write no ip6tables rules (a host without IPv6)
+#   --address-port PORT     also send 169.254.170.2:80 to PROXY_IP:PORT, see 7.
 #   --comment TAG           the rules' comment ([A-Za-z0-9_.:-], default ec2metaproxy)
 #   --anti-spoof            also write the anti-spoofing table (see 5.), filled
 #                           from the containers running now (a snapshot)
@@ -75,6 +81,8 @@ set -euo pipefail
 
 FORCE=0
 REMOVE=0
+ADDRESS_PORT=""
+CC_IP=169.254.170.2
 IFACE=docker0
 PORT=18000
 PROXY_IP=""
@@ -113,6 +121,7 @@ while [ $# -gt 0 ]; do
         --proxy-ip6) need_value "$@"; PROXY_IP6="$2"; shift ;;
         --metadata-ip6) need_value "$@"; METADATA_IP6="$2"; shift ;;
         --no-ipv6) NO_IPV6=1 ;;
+        --address-port) need_value "$@"; ADDRESS_PORT="$2"; shift ;;
         --comment) need_value "$@"; TAG="$2"; shift ;;
         --anti-spoof) ANTI_SPOOF=1 ;;
         --follow) FOLLOW=1 ;;
@@ -143,6 +152,12 @@ if [ -n "$PROXY_IP6" ]; then
     # The kernel has no route_localnet for IPv6: a packet DNATed to ::1 from
     # another interface is dropped.
     [ "$PROXY_IP6" != ::1 ] || die "--proxy-ip6 cannot be ::1 (IPv6 cannot be redirected to loopback); use the bridge's IPv6 address"
+fi
+if [ -n "$ADDRESS_PORT" ]; then
+    if ! [[ "$ADDRESS_PORT" =~ ^[0-9]+$ ]] || [ "$ADDRESS_PORT" -lt 1 ] || [ "$ADDRESS_PORT" -gt 65535 ] \
+        || [ "$ADDRESS_PORT" = "$PORT" ]; then
+        die "--address-port must be 1..65535 and not the proxy port: $ADDRESS_PORT"
+    fi
 fi
 case "$BLOCK_DIRECT" in all|proxy-ip|off) ;; *) die "--block-direct must be all, proxy-ip or off" ;; esac
 [ "$FOLLOW" = 0 ] || [ "$ANTI_SPOOF" = 1 ] || die "--follow needs --anti-spoof"
@@ -315,7 +330,28 @@ add_rules() {
         fi
         run sysctl -q -w "$key=1"
     fi
+    add_rules_by_address
     add_rules6
+}
+
+# 7. The container credentials door by address: 169.254.170.2:80 to
+#    PROXY_IP:ADDRESS_PORT, and that port only through the redirect.
+add_rules_by_address() {
+    [ -n "$ADDRESS_PORT" ] || return 0
+    echo "# containers on $IFACE asking $CC_IP:80 (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI) -> $PROXY_IP:$ADDRESS_PORT"
+    run "${IPT[@]}" -t nat -I PREROUTING 1 -i "$IFACE" -d "$CC_IP/32" -p tcp --dport 80 \
+        "${comment[@]}" -j DNAT --to-destination "$PROXY_IP:$ADDRESS_PORT"
+    case "$BLOCK_DIRECT" in
+        all)
+            run "${IPT[@]}" -t filter -I INPUT 1 ! -i lo -p tcp --dport "$ADDRESS_PORT" \
+                -m conntrack --ctstate NEW ! --ctorigdst "$CC_IP/32" \
+                "${comment[@]}" -j DROP ;;
+        proxy-ip)
+            run "${IPT[@]}" -t filter -I INPUT 1 ! -i lo -d "$PROXY_IP/32" -p tcp --dport "$ADDRESS_PORT" \
+                -m conntrack --ctstate NEW ! --ctorigdst "$CC_IP/32" \
+                "${comment[@]}" -j DROP ;;
+        off) ;;
+    esac
 }
 
 # 6. The same for IPv6: [METADATA_IP6]:80 to [PROXY_IP6]:PORT, the rest rejected.

@@ -6,6 +6,9 @@
 #                      plain request to 169.254.169.254 reaches the proxy
 #                      (target/debug/ec2metaproxy) through the host's DNAT
 #   test_firewall_ipv6.py  its ip6tables part: [fd00:ec2::254] on a --ipv6 bridge
+#   test_firewall_by_address.py  --address-port: an SDK told only
+#                      AWS_CONTAINER_CREDENTIALS_RELATIVE_URI reaches the proxy's
+#                      by-address door through the host's DNAT of 169.254.170.2
 #   test_antispoof.py  setup-firewall.sh --anti-spoof (--follow): a container
 #                      with Docker's default capabilities cannot wear a
 #                      neighbour's address on the test bridge (nftables)
