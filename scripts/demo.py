@@ -26,12 +26,46 @@ from harness import CREDS_PATH, TOKEN_HEADER, TTL_HEADER  # noqa: E402
 
 ROLES = {"web": "demo-web", "batch": "demo-batch", "default": "demo-default"}
 CONTAINERS = [("web", "web"), ("batch", "batch"), ("plain", None)]  # (name, RoleAlias label)
+GRANT = "host-batch"  # a grant of the container credentials door, for the host-network container
 
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def host_network_by_token(run: "harness.Run", proxy, port: int) -> bool:
+    """A --network host container shares the host's addresses, so IMDS cannot
+    tell it apart: it gets the grant's role through the container credentials
+    door instead, with the grant's token file mounted read-only."""
+    token_dir = proxy.config_path.parent / "proxy-state" / "grants" / GRANT
+    name = f"{run.prefix}-hostnet"
+    cid = harness.sh(["docker", "create", "--name", name, "--network", "host",
+                      "--label", f"{harness.RUN_LABEL}={run.runid}",
+                      "-v", f"{token_dir}:/run/secrets/aws:ro", run.image]).stdout.strip()
+    c = harness.Container(name, "hostnet", cid, "", 0, {harness.RUN_LABEL: run.runid})
+    run.containers[name] = c
+    run.start_container(c, redirect=False)
+    say(f"{BOLD}container {name}{RESET}  (--network host; grant {GRANT!r} -> alias batch, "
+        f"token file mounted read-only)")
+    url = f"http://127.0.0.1:{port}/creds"
+    say(f"  AWS_CONTAINER_CREDENTIALS_FULL_URI={url}")
+    say(f"  AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=/run/secrets/aws/token "
+        f"{DIM}(the token is never shown){RESET}")
+    # The client runs in the container's (the host's) network namespace; it
+    # reads the same file the container has mounted.
+    res = run.boto3(c, env={"AWS_CONTAINER_CREDENTIALS_FULL_URI": url,
+                            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(token_dir / "token"),
+                            "AWS_EC2_METADATA_DISABLED": "true"})
+    if not res.ok:
+        say(f"  boto3 failed: {harness.redact(res.stderr).strip()[-500:]}")
+        return False
+    say(f"  boto3 default chain -> {BOLD}{res.arn}{RESET} (session named after the grant)")
+    line = next((ln for ln in proxy.log_text().splitlines() if f"grant:{GRANT}" in ln), "")
+    say(f"  {DIM}| {line}{RESET}")
+    say()
+    return True
 
 
 def main() -> int:
@@ -45,7 +79,9 @@ def main() -> int:
         moto = run.start_moto()
         arns = {alias: moto.create_role(role) for alias, role in ROLES.items()}
         run.start_upstream({"/latest/meta-data/instance-id": "i-0demo00000000001"})
-        proxy = run.start_proxy(arns, "default")
+        grant_port = harness.free_port("127.0.0.1")
+        proxy = run.start_proxy(arns, "default", containerCredentials={
+            "listen": [f"127.0.0.1:{grant_port}"], "grants": {GRANT: {"alias": "batch"}}})
 
         say(f"  network   {net.name}  {net.subnet}")
         say(f"  proxy     {proxy.ip}:{proxy.port}  (config {proxy.config_path.name}):")
@@ -100,11 +136,13 @@ def main() -> int:
                 say(f"  {DIM}| {ln}{RESET}")
             say()
 
+        by_token_ok = host_network_by_token(run, proxy, grant_port)
+
         leaked = [s for s in run.seen_secrets if s in proxy.log_text()]
         say()
         say(f"secrets handed to clients that appear in the proxy log: {len(leaked)}")
         say(f"done in {time.monotonic() - t0:.1f} s; cleaning up")
-        return 0 if not leaked else 1
+        return 0 if not leaked and by_token_ok else 1
     except KeyboardInterrupt:
         say("\ninterrupted; cleaning up")
         return 130
