@@ -302,17 +302,7 @@ add_rules() {
     run "${IPT[@]}" -t filter -I "$fwd" 1 -i "$IFACE" -d "$METADATA_IP/32" \
         "${comment[@]}" -j REJECT --reject-with icmp-port-unreachable
     # 3. The proxy port only through the redirect (loopback stays open for the host).
-    case "$BLOCK_DIRECT" in
-        all)
-            run "${IPT[@]}" -t filter -I INPUT 1 ! -i lo -p tcp --dport "$PORT" \
-                -m conntrack --ctstate NEW ! --ctorigdst "$METADATA_IP/32" \
-                "${comment[@]}" -j DROP ;;
-        proxy-ip)
-            run "${IPT[@]}" -t filter -I INPUT 1 ! -i lo -d "$PROXY_IP/32" -p tcp --dport "$PORT" \
-                -m conntrack --ctstate NEW ! --ctorigdst "$METADATA_IP/32" \
-                "${comment[@]}" -j DROP ;;
-        off) ;;
-    esac
+    block_direct IPT "$PORT" "$METADATA_IP/32" "$PROXY_IP/32"
     # 4. A loopback proxy address: let DNATed packets be routed to 127.0.0.0/8,
     #    and nothing else the containers address to it.
     if [ "$LOCALNET" = 1 ]; then
@@ -341,14 +331,25 @@ add_rules_by_address() {
     echo "# containers on $IFACE asking $CC_IP:80 (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI) -> $PROXY_IP:$ADDRESS_PORT"
     run "${IPT[@]}" -t nat -I PREROUTING 1 -i "$IFACE" -d "$CC_IP/32" -p tcp --dport 80 \
         "${comment[@]}" -j DNAT --to-destination "$PROXY_IP:$ADDRESS_PORT"
+    block_direct IPT "$ADDRESS_PORT" "$CC_IP/32" "$PROXY_IP/32"
+}
+
+# 3., 6. and 7.: new connections to PORT from anywhere but loopback are
+# dropped unless their original destination was ORIGDST (that is, they came
+# through the redirect); --block-direct proxy-ip limits this to PROXY (none:
+# nothing to limit it to, no rule).
+block_direct() {  # IPT|IPT6 PORT ORIGDST PROXY
+    local -n ipt="$1"
+    local port="$2" origdst="$3" proxy="$4"
     case "$BLOCK_DIRECT" in
         all)
-            run "${IPT[@]}" -t filter -I INPUT 1 ! -i lo -p tcp --dport "$ADDRESS_PORT" \
-                -m conntrack --ctstate NEW ! --ctorigdst "$CC_IP/32" \
+            run "${ipt[@]}" -t filter -I INPUT 1 ! -i lo -p tcp --dport "$port" \
+                -m conntrack --ctstate NEW ! --ctorigdst "$origdst" \
                 "${comment[@]}" -j DROP ;;
         proxy-ip)
-            run "${IPT[@]}" -t filter -I INPUT 1 ! -i lo -d "$PROXY_IP/32" -p tcp --dport "$ADDRESS_PORT" \
-                -m conntrack --ctstate NEW ! --ctorigdst "$CC_IP/32" \
+            [ -n "$proxy" ] || return 0
+            run "${ipt[@]}" -t filter -I INPUT 1 ! -i lo -d "$proxy" -p tcp --dport "$port" \
+                -m conntrack --ctstate NEW ! --ctorigdst "$origdst" \
                 "${comment[@]}" -j DROP ;;
         off) ;;
     esac
@@ -369,19 +370,7 @@ add_rules6() {
     fi
     run "${IPT6[@]}" -t filter -I "$fwd" 1 -i "$IFACE" -d "$METADATA_IP6/128" \
         "${comment[@]}" -j REJECT --reject-with icmp6-port-unreachable
-    case "$BLOCK_DIRECT" in
-        all)
-            run "${IPT6[@]}" -t filter -I INPUT 1 ! -i lo -p tcp --dport "$PORT" \
-                -m conntrack --ctstate NEW ! --ctorigdst "$METADATA_IP6/128" \
-                "${comment[@]}" -j DROP ;;
-        proxy-ip)
-            if [ -n "$PROXY_IP6" ]; then
-                run "${IPT6[@]}" -t filter -I INPUT 1 ! -i lo -d "$PROXY_IP6/128" -p tcp --dport "$PORT" \
-                    -m conntrack --ctstate NEW ! --ctorigdst "$METADATA_IP6/128" \
-                    "${comment[@]}" -j DROP
-            fi ;;
-        off) ;;
-    esac
+    block_direct IPT6 "$PORT" "$METADATA_IP6/128" "${PROXY_IP6:+$PROXY_IP6/128}"
 }
 
 # ---- 5. anti-spoofing (--anti-spoof): the nftables table "bridge TAG" ---------
