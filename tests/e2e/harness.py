@@ -572,50 +572,29 @@ class Run:
     # -- network
 
     @staticmethod
-    def _used_subnets() -> list[ipaddress.IPv4Network]:
+    def _used_subnets(version: int = 4) -> list:
+        """Every IPv`version` subnet a Docker network, a route or an address
+        of this machine uses."""
         used = []
         ids = sh(["docker", "network", "ls", "-q"]).stdout.split()
         if ids:
             out = sh(["docker", "network", "inspect", "--format",
                       "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *ids]).stdout
-            for tok in out.split():
-                try:
-                    net = ipaddress.ip_network(tok, strict=False)
-                    if net.version == 4:
-                        used.append(net)
-                except ValueError:
-                    pass
-        for cmd in (["ip", "-4", "route", "show", "table", "all"], ["ip", "-4", "-o", "addr"]):
-            out = sh(cmd, check=False).stdout
-            for tok in re.findall(r"\b(\d+\.\d+\.\d+\.\d+(?:/\d+)?)\b", out):
-                try:
-                    used.append(ipaddress.ip_network(tok, strict=False))
-                except ValueError:
-                    pass
-        return used
-
-    @staticmethod
-    def _used_subnets6() -> list[ipaddress.IPv6Network]:
-        used = []
-        for cmd in (["ip", "-6", "route", "show", "table", "all"], ["ip", "-6", "-o", "addr"]):
-            for tok in re.findall(r"\b([0-9a-f]{1,4}(?::[0-9a-f]{0,4}){2,7}/\d+)",
-                                  sh(cmd, check=False).stdout):
-                try:
-                    used.append(ipaddress.ip_network(tok, strict=False))
-                except ValueError:
-                    pass
-        ids = sh(["docker", "network", "ls", "-q"]).stdout.split()
-        if ids:
-            out = sh(["docker", "network", "inspect", "--format",
-                      "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *ids]).stdout
-            for tok in out.split():
-                try:
-                    net = ipaddress.ip_network(tok, strict=False)
-                    if net.version == 6:
-                        used.append(net)
-                except ValueError:
-                    pass
-        return used
+            used += out.split()
+        pattern = (r"\b(\d+\.\d+\.\d+\.\d+(?:/\d+)?)\b" if version == 4
+                   else r"\b([0-9a-f]{1,4}(?::[0-9a-f]{0,4}){2,7}/\d+)")
+        for cmd in (["ip", f"-{version}", "route", "show", "table", "all"],
+                    ["ip", f"-{version}", "-o", "addr"]):
+            used += re.findall(pattern, sh(cmd, check=False).stdout)
+        nets = []
+        for tok in used:
+            try:
+                net = ipaddress.ip_network(tok, strict=False)
+            except ValueError:
+                continue
+            if net.version == version:
+                nets.append(net)
+        return nets
 
     def create_network(self, suffix: str = "net", ipv6: bool = False) -> Network:
         """A bridge network on a free /24 (and, with `ipv6`, a free random ULA
@@ -636,7 +615,7 @@ class Run:
                 subnet6 = ipaddress.ip_network(
                     f"fd{random.randrange(0, 256):02x}:{random.randrange(0, 65536):x}:"
                     f"{random.randrange(0, 65536):x}:{random.randrange(0, 65536):x}::/64")
-                if any(subnet6.overlaps(u) for u in self._used_subnets6()):
+                if any(subnet6.overlaps(u) for u in self._used_subnets(6)):
                     continue
                 gateway6 = str(subnet6.network_address + 1)
                 extra = ["--ipv6", "--subnet", str(subnet6), "--gateway", gateway6]
