@@ -1079,7 +1079,9 @@ mod tests {
         source.start(&events, container("brief", "10.0.0.2"));
         settle().await;
         source.running.lock().unwrap().clear();
-        events.send(Ok(ContainerEvent::Gone("brief".into()))).unwrap();
+        events
+            .send(Ok(ContainerEvent::Gone("brief".into())))
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(index.get("10.0.0.2".parse().unwrap()).is_none());
     }
