@@ -162,6 +162,20 @@ mod token {
         }
     }
 
+    /// A container that asks in its first milliseconds gets its token
+    /// before the index knows it, then lists roles with it once it does.
+    #[tokio::test]
+    async fn a_token_minted_before_the_caller_was_known_is_accepted_once_it_is() {
+        let host = Host::standard().start().await;
+        let early = host
+            .tokens
+            .issue(Holder::address(ip(WEB_IP)), 600, NOW_SECS);
+        let answer = host
+            .send(WEB_IP, &format!("GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\nX-aws-ec2-metadata-token: {early}\n"))
+            .await;
+        assert_eq!(answer.status, 200, "{answer:#?}");
+    }
+
     /// A 401 here would make Go and JS fetch a new token, which is refused
     /// with 403: a loop. So a token GET with X-Forwarded-For is 403 at once.
     #[tokio::test]

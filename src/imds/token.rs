@@ -4,7 +4,10 @@
 //! `base64url(version || expiry || HMAC-SHA256(key, ip || container || expiry))`:
 //! unforgeable without the key, bound to the caller's IP and to the container
 //! that held the IP when it asked (so the next owner of a reused address
-//! cannot use it), and checkable without any table. Expiry is wall-clock seconds, and the key lives in a
+//! cannot use it), and checkable without any table. A token minted while no
+//! container was known at the address (a container asking in its first
+//! milliseconds, before the index has it) stays valid once one is: whoever
+//! asked from that address then is, in practice, that container. Expiry is wall-clock seconds, and the key lives in a
 //! state file, so tokens survive a restart of the proxy: aws-config caches a
 //! token for hours and retries the same one on 401.
 
@@ -169,7 +172,8 @@ impl TokenKey {
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// True when `token` was issued by this key to `holder` and has not expired.
+    /// True when `token` was issued by this key to `holder`, or to its
+    /// address while no container was known there, and has not expired.
     /// Says nothing of why not: the caller answers 401 either way.
     pub fn is_valid(&self, token: &[u8], holder: Holder<'_>, now: u64) -> bool {
         if token.len() != TOKEN_LEN {
@@ -187,7 +191,13 @@ impl TokenKey {
         if expires <= now {
             return false;
         }
-        self.mac(holder, expires).verify_slice(&raw[9..]).is_ok()
+        let mac = &raw[9..];
+        self.mac(holder, expires).verify_slice(mac).is_ok()
+            || (!holder.container.is_empty()
+                && self
+                    .mac(Holder::address(holder.ip), expires)
+                    .verify_slice(mac)
+                    .is_ok())
     }
 }
 
@@ -280,6 +290,23 @@ mod tests {
             "the address's next owner"
         );
         assert!(!key.is_valid(token.as_bytes(), ip("172.17.0.2"), NOW));
+    }
+
+    /// A container asking in its first milliseconds gets its token before
+    /// the index knows it; the SDK then uses that token for the role listing.
+    #[test]
+    fn a_token_minted_while_the_address_had_no_known_holder_stays_valid_once_it_has() {
+        let key = TokenKey::random();
+        let token = key.issue(ip("172.17.0.2"), 60, NOW);
+        assert!(key.is_valid(token.as_bytes(), held("172.17.0.2", "aaaa"), NOW));
+        assert!(
+            !key.is_valid(token.as_bytes(), held("172.17.0.3", "aaaa"), NOW),
+            "another address"
+        );
+        assert!(
+            !key.is_valid(token.as_bytes(), held("172.17.0.2", "aaaa"), NOW + 60),
+            "expired"
+        );
     }
 
     #[test]

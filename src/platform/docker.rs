@@ -206,7 +206,7 @@ impl ContainerSource for DockerSource {
             ("type", vec!["container", "network"]),
             (
                 "event",
-                vec!["start", "die", "destroy", "connect", "disconnect"],
+                vec!["create", "start", "die", "destroy", "connect", "disconnect"],
             ),
         ]);
         let options = bollard::query_parameters::EventsOptionsBuilder::new()
@@ -226,6 +226,9 @@ impl ContainerSource for DockerSource {
                     Ok(message) => {
                         let actor = message.actor.unwrap_or_default();
                         match (message.typ, message.action.as_deref()) {
+                            (Some(Type::CONTAINER), Some("create")) => {
+                                actor.id.map(|id| Ok(ContainerEvent::Created(id)))
+                            }
                             (Some(Type::CONTAINER), Some("start")) => {
                                 actor.id.map(|id| Ok(ContainerEvent::Changed(id)))
                             }

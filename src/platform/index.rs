@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,9 @@ const MISS_WAIT: Duration = Duration::from_millis(600);
 /// An IP that is still unknown after a refresh is answered from memory for
 /// this long, so a non-container caller cannot make the proxy list Docker in a loop.
 const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// A created container not started within this long no longer keeps
+/// misses from being remembered (`docker create` without a start).
+const CREATE_PENDING: Duration = Duration::from_secs(10);
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
@@ -47,6 +50,9 @@ pub struct ContainerIndex {
     generation: AtomicU64,
     refresh: Option<mpsc::Sender<RefreshRequest>>,
     unknown: Mutex<HashMap<IpAddr, Instant>>,
+    /// Containers created and not yet started: while any are, a miss is not
+    /// remembered, since the address may be theirs in a moment.
+    pending_creates: AtomicUsize,
     synced: AtomicBool,
     /// Woken on every publish, for lookups waiting on an address.
     changed: tokio::sync::Notify,
@@ -72,6 +78,7 @@ impl ContainerIndex {
             generation: AtomicU64::new(0),
             refresh: None,
             unknown: Mutex::new(HashMap::new()),
+            pending_creates: AtomicUsize::new(0),
             synced: AtomicBool::new(true),
             changed: tokio::sync::Notify::new(),
             changes: broadcast::channel(1).0,
@@ -93,6 +100,7 @@ impl ContainerIndex {
             generation: AtomicU64::new(0),
             refresh: Some(tx),
             unknown: Mutex::new(HashMap::new()),
+            pending_creates: AtomicUsize::new(0),
             synced: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
             changes: broadcast::channel(CHANGES_BUFFER).0,
@@ -111,6 +119,11 @@ impl ContainerIndex {
                 published: HashMap::new(),
                 last_list: None,
                 exited: HashSet::new(),
+                inspections: tokio::task::JoinSet::new(),
+                inspect_slots: Arc::new(tokio::sync::Semaphore::new(INSPECT_CONCURRENCY)),
+                event_seq: 0,
+                order: HashMap::new(),
+                creating: HashMap::new(),
             }
             .run()
             .await
@@ -161,7 +174,7 @@ impl ContainerIndex {
         // Docker can show a new address in the container before its API does
         // (`network connect`): keep waiting for the event until the deadline.
         let found = self.wait_for_owner(ip, deadline).await;
-        if found.is_none() {
+        if found.is_none() && self.pending_creates.load(Ordering::Acquire) == 0 {
             let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
             unknown.retain(|_, at| now.duration_since(*at) < NEGATIVE_TTL);
             unknown.insert(ip, now);
@@ -279,18 +292,37 @@ impl ContainerIndex {
         crate::metrics::metrics().containers.set(by_ip.len() as i64);
         self.by_ip.store(Arc::new(by_ip));
         self.generation.fetch_add(1, Ordering::Release);
+        self.forget_misses();
+        self.changed.notify_waiters();
+    }
+
+    fn forget_misses(&self) {
         self.unknown
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
-        self.changed.notify_waiters();
     }
 }
 
 type Inspected = (String, Result<Option<Container>, PlatformError>);
 
-/// Inspections in flight at once when completing a list.
+/// Inspections in flight at once, for a list and for events alike.
 const INSPECT_CONCURRENCY: usize = 16;
+
+/// An inspection an event asked for, with the event's place in the stream.
+struct EventInspected {
+    id: String,
+    seq: u64,
+    result: Result<Option<Container>, PlatformError>,
+}
+
+/// Per container with event inspections in flight: the newest event whose
+/// outcome was applied, so an older inspection finishing late is dropped.
+#[derive(Default)]
+struct Order {
+    applied: u64,
+    in_flight: usize,
+}
 
 struct Watcher {
     source: Arc<dyn ContainerSource>,
@@ -307,6 +339,15 @@ struct Watcher {
     /// list them as running: not indexed again unless a new inspect finds a
     /// live process (a restart keeps the ID).
     exited: HashSet<String>,
+    /// Inspections that events asked for, run side by side so one slow
+    /// inspect never holds up the containers behind it in a burst.
+    inspections: tokio::task::JoinSet<EventInspected>,
+    inspect_slots: Arc<tokio::sync::Semaphore>,
+    /// Position in the event stream, to apply each container's events in order.
+    event_seq: u64,
+    order: HashMap<String, Order>,
+    /// Created, not yet started, with when the create was seen.
+    creating: HashMap<String, Instant>,
 }
 
 impl Watcher {
@@ -348,7 +389,7 @@ impl Watcher {
             loop {
                 tokio::select! {
                     event = events.next() => match event {
-                        Some(Ok(event)) => self.apply(event).await,
+                        Some(Ok(event)) => self.apply(event),
                         Some(Err(error)) => {
                             log::warn!("Docker event stream broke: {error}; resyncing");
                             break;
@@ -363,6 +404,12 @@ impl Watcher {
                         None => return,
                     },
                     Some(inspected) = self.inspected_rx.recv() => self.complete(inspected),
+                    Some(joined) = self.inspections.join_next(), if !self.inspections.is_empty() => {
+                        match joined {
+                            Ok(inspected) => self.inspected(inspected),
+                            Err(error) => log::warn!("a container inspection failed: {error}"),
+                        }
+                    }
                 }
             }
             crate::metrics::metrics().event_stream_reconnects.inc();
@@ -504,6 +551,14 @@ impl Watcher {
     }
 
     async fn refresh(&mut self, first: RefreshRequest) {
+        // Before the asker decides whether to remember its miss.
+        let now = Instant::now();
+        let before = self.creating.len();
+        self.creating
+            .retain(|_, at| now.duration_since(*at) < CREATE_PENDING);
+        if self.creating.len() != before {
+            self.count_creating();
+        }
         let mut waiting = vec![first];
         while let Ok(more) = self.refresh_rx.try_recv() {
             waiting.push(more);
@@ -538,33 +593,95 @@ impl Watcher {
         }
     }
 
-    async fn apply(&mut self, event: ContainerEvent) {
+    fn apply(&mut self, event: ContainerEvent) {
+        self.event_seq += 1;
+        let seq = self.event_seq;
         match event {
             ContainerEvent::Gone(id) => {
+                self.not_creating(&id);
+                // Inspections started before this event must not bring it back.
+                if let Some(order) = self.order.get_mut(&id) {
+                    order.applied = seq;
+                }
                 if self.by_id.remove(&id).is_some() {
                     log::debug!("container {} is gone", short(&id));
                     self.publish();
                 }
             }
-            ContainerEvent::Changed(id) => match self.source.inspect(&id).await {
-                Ok(Some(container)) if !container.has_exited() => {
-                    self.exited.remove(&id);
-                    log::debug!(
-                        "container {} ({}) at {:?}",
-                        container.short_id(),
-                        container.name,
-                        container.ips
-                    );
-                    self.by_id.insert(id, Arc::new(container));
+            ContainerEvent::Created(id) => {
+                let now = Instant::now();
+                self.creating
+                    .retain(|_, at| now.duration_since(*at) < CREATE_PENDING);
+                self.creating.insert(id, now);
+                self.count_creating();
+            }
+            ContainerEvent::Changed(id) => {
+                // A network connect comes before the start: the address is
+                // about to be taken, so no miss for it should be remembered.
+                if let Some(index) = self.index.upgrade() {
+                    index.forget_misses();
+                }
+                self.order.entry(id.clone()).or_default().in_flight += 1;
+                let source = self.source.clone();
+                let slots = self.inspect_slots.clone();
+                self.inspections.spawn(async move {
+                    let _slot = slots.acquire_owned().await;
+                    let result = source.inspect(&id).await;
+                    EventInspected { id, seq, result }
+                });
+            }
+        }
+    }
+
+    /// Applies an event's inspection unless a newer event for the same
+    /// container has already been applied.
+    fn inspected(&mut self, inspected: EventInspected) {
+        let EventInspected { id, seq, result } = inspected;
+        let order = self.order.entry(id.clone()).or_default();
+        order.in_flight = order.in_flight.saturating_sub(1);
+        let stale = seq < order.applied;
+        if !stale {
+            order.applied = seq;
+        }
+        if order.in_flight == 0 {
+            self.order.remove(&id);
+        }
+        if stale {
+            return;
+        }
+        match result {
+            Ok(Some(container)) if !container.has_exited() => {
+                self.exited.remove(&id);
+                self.not_creating(&id);
+                log::debug!(
+                    "container {} ({}) at {:?}",
+                    container.short_id(),
+                    container.name,
+                    container.ips
+                );
+                self.by_id.insert(id, Arc::new(container));
+                self.publish();
+            }
+            Ok(_) => {
+                if self.by_id.remove(&id).is_some() {
                     self.publish();
                 }
-                Ok(_) => {
-                    if self.by_id.remove(&id).is_some() {
-                        self.publish();
-                    }
-                }
-                Err(error) => log::warn!("cannot inspect container {}: {error}", short(&id)),
-            },
+            }
+            Err(error) => log::warn!("cannot inspect container {}: {error}", short(&id)),
+        }
+    }
+
+    fn not_creating(&mut self, id: &str) {
+        if self.creating.remove(id).is_some() {
+            self.count_creating();
+        }
+    }
+
+    fn count_creating(&self) {
+        if let Some(index) = self.index.upgrade() {
+            index
+                .pending_creates
+                .store(self.creating.len(), Ordering::Release);
         }
     }
 
@@ -616,6 +733,9 @@ mod tests {
         inspects: AtomicUsize,
         /// Lists without processes, as Docker's list API does.
         incomplete: bool,
+        /// Containers whose inspect answers this late (as Docker had them
+        /// when asked).
+        slow: Mutex<HashMap<String, Duration>>,
     }
 
     impl FakeSource {
@@ -632,6 +752,7 @@ mod tests {
                 lists: AtomicUsize::new(0),
                 inspects: AtomicUsize::new(0),
                 incomplete: false,
+                slow: Mutex::new(HashMap::new()),
             });
             (source, tx)
         }
@@ -656,6 +777,7 @@ mod tests {
                 lists: AtomicUsize::new(0),
                 inspects: AtomicUsize::new(0),
                 incomplete: true,
+                slow: Mutex::new(HashMap::new()),
             })
         }
     }
@@ -678,13 +800,18 @@ mod tests {
         }
         async fn inspect(&self, id: &str) -> Result<Option<Container>, PlatformError> {
             self.inspects.fetch_add(1, Ordering::SeqCst);
-            Ok(self
+            let found = self
                 .running
                 .lock()
                 .unwrap()
                 .iter()
                 .find(|c| c.id == id)
-                .cloned())
+                .cloned();
+            let delay = self.slow.lock().unwrap().get(id).copied();
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(found)
         }
         fn events(&self) -> EventStream {
             match self.events.lock().unwrap().take() {
@@ -917,6 +1044,68 @@ mod tests {
         tokio::time::sleep(RECONNECT_MIN + Duration::from_millis(200)).await;
         assert!(index.get("10.0.0.2".parse().unwrap()).is_none());
         assert_eq!(index.get("10.0.0.4".parse().unwrap()).unwrap().id, "c");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_slow_inspect_does_not_hold_up_the_containers_behind_it() {
+        let (source, events) = FakeSource::new(vec![]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        source
+            .slow
+            .lock()
+            .unwrap()
+            .insert("slow".into(), Duration::from_secs(5));
+        source.start(&events, container("slow", "10.0.0.2"));
+        source.start(&events, container("fast", "10.0.0.3"));
+        settle().await;
+        assert_eq!(index.get("10.0.0.3".parse().unwrap()).unwrap().id, "fast");
+        assert!(index.get("10.0.0.2".parse().unwrap()).is_none());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(index.get("10.0.0.2".parse().unwrap()).unwrap().id, "slow");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gone_event_wins_over_an_inspection_still_in_flight() {
+        let (source, events) = FakeSource::new(vec![]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        source
+            .slow
+            .lock()
+            .unwrap()
+            .insert("brief".into(), Duration::from_secs(1));
+        // Docker answers "running" to the inspect, then the container dies.
+        source.start(&events, container("brief", "10.0.0.2"));
+        settle().await;
+        source.running.lock().unwrap().clear();
+        events
+            .send(Ok(ContainerEvent::Gone("brief".into())))
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(index.get("10.0.0.2".parse().unwrap()).is_none());
+    }
+
+    /// On the real clock: see `settle` for why.
+    #[tokio::test]
+    async fn a_miss_is_not_remembered_while_a_created_container_has_not_started() {
+        let (source, events) = FakeSource::new(vec![]);
+        let index = ContainerIndex::watch(source.clone());
+        settle().await;
+        events
+            .send(Ok(ContainerEvent::Created("new".into())))
+            .unwrap();
+        settle().await;
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        // It asks before Docker lists it (the token PUT of a burst)...
+        assert!(index.lookup(ip).await.is_none());
+        source
+            .running
+            .lock()
+            .unwrap()
+            .push(container("new", "10.0.0.9"));
+        // ...and asks again at once (the role listing): not answered from memory.
+        assert_eq!(index.lookup(ip).await.unwrap().id, "new");
     }
 
     #[test]

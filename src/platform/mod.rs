@@ -23,6 +23,9 @@ pub enum ContainerEvent {
     Changed(String),
     /// Died or destroyed: its addresses are no longer its own.
     Gone(String),
+    /// Created, not yet started: it will take an address in a moment, so an
+    /// address nobody holds now may be its own soon.
+    Created(String),
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEvent, PlatformError>> + Send>>;
